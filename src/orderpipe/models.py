@@ -1,0 +1,206 @@
+"""The order as customers send it, as it travels on the queue and as it is stored.
+
+Field names are snake_case in Python and camelCase on the wire and in DynamoDB.
+Money is `Decimal` everywhere; it is written as a string with two places in JSON.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainSerializer,
+    computed_field,
+)
+from pydantic.alias_generators import to_camel
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_ITEMS = 100
+MAX_QUANTITY = 1000
+MAX_UNIT_PRICE = Decimal("1000000")
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+CENT = Decimal("0.01")
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _single_line(value: str) -> str:
+    if _CONTROL_CHARACTERS.search(value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value
+
+
+def _multi_line(value: str) -> str:
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    if _CONTROL_CHARACTERS_BUT_LINE_BREAKS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _whole_number(value: object) -> object:
+    """JSON booleans, strings and floats are not quantities; DynamoDB's Decimal is."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ValueError("must be a whole number")
+    return value
+
+
+def _money_from_json(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal amount")
+    if isinstance(value, float):
+        # A JSON number: take its shortest decimal spelling, never its binary value.
+        return Decimal(repr(value))
+    return value
+
+
+def format_money(amount: Decimal) -> str:
+    return f"{amount.quantize(CENT):f}"
+
+
+def utc_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
+Note = Annotated[str, Field(max_length=1000), AfterValidator(_multi_line)]
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Quantity = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MAX_QUANTITY)]
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_money_from_json),
+    Field(ge=0, allow_inf_nan=False, decimal_places=2),
+    PlainSerializer(format_money, return_type=str, when_used="json"),
+]
+UnitPrice = Annotated[Money, Field(le=MAX_UNIT_PRICE)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
+Timestamp = Annotated[datetime, PlainSerializer(utc_timestamp, return_type=str)]
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        str_strip_whitespace=True,
+        frozen=True,
+    )
+
+
+class Customer(WireModel):
+    name: Text
+    email: Annotated[EmailStr, Field(max_length=254)]
+
+
+class LineItem(WireModel):
+    sku: Sku
+    name: Text
+    quantity: Quantity
+    unit_price: UnitPrice
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def line_total(
+        self,
+    ) -> Annotated[Decimal, PlainSerializer(format_money, return_type=str, when_used="json")]:
+        return self.unit_price * self.quantity
+
+
+class ShippingAddress(WireModel):
+    line1: Text
+    line2: Text | None = None
+    city: Text
+    region: Text | None = None
+    postal_code: Annotated[str, Field(min_length=1, max_length=20), AfterValidator(_single_line)]
+    country: CountryCode
+
+
+class OrderRequest(WireModel):
+    """The body of `POST /orders`."""
+
+    customer: Customer
+    items: Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    currency: CurrencyCode = "USD"
+    shipping_address: ShippingAddress | None = None
+    note: Note | None = None
+
+
+class OrderStatus(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    PLACED = "PLACED"
+    NOTIFIED = "NOTIFIED"
+
+
+class Order(OrderRequest):
+    """An accepted order: what the queue carries and the table stores."""
+
+    order_id: str
+    created_at: Timestamp
+    status: OrderStatus = OrderStatus.PLACED
+    notified_at: Timestamp | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> Annotated[Decimal, PlainSerializer(format_money, return_type=str, when_used="json")]:
+        """Computed by the server from the line items, never taken from the client."""
+        return sum((item.line_total for item in self.items), Decimal("0"))
+
+    @classmethod
+    def accept(cls, request: OrderRequest, *, now: datetime | None = None) -> Self:
+        return cls(
+            **dict(request),
+            order_id=new_order_id(),
+            created_at=now or datetime.now(UTC),
+        )
+
+    def to_message(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+    def to_item(self) -> dict[str, Any]:
+        """The DynamoDB item: money as Number, timestamps as ISO 8601 strings."""
+        item: dict[str, Any] = self.model_dump(mode="python", exclude_none=True)
+        item["status"] = str(self.status)
+        return item
+
+
+class OrderAccepted(WireModel):
+    """The 202 answer to `POST /orders`."""
+
+    order_id: str
+    status: OrderStatus = OrderStatus.ACCEPTED
+
+
+class ErrorDetail(WireModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(WireModel):
+    message: str
+    errors: list[ErrorDetail] | None = None
+
+
+_ORDER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def new_order_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_order_id(value: str) -> bool:
+    return bool(_ORDER_ID.match(value))

@@ -1,0 +1,115 @@
+"""OrdersTable: one item per orderId, written once, then marked NOTIFIED once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from orderpipe.models import Order, OrderStatus, utc_timestamp
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+_BATCH_GET_LIMIT = 100  # keys per BatchGetItem request
+
+
+class StorageError(RuntimeError):
+    """DynamoDB refused or failed a request; the caller's record should be retried."""
+
+
+def _is_conditional_check_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def to_attribute_values(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: _serializer.serialize(value) for key, value in item.items()}
+
+
+def from_attribute_values(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: _deserializer.deserialize(value) for key, value in item.items()}
+
+
+class OrdersTable:
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self.table_name = table_name
+        self.client: DynamoDBClient = client or boto3.client("dynamodb")
+
+    def put_new_order(self, order: Order) -> bool:
+        """Store the order unless an item with its orderId exists. True if it was stored now."""
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=to_attribute_values(order.to_item()),
+                ConditionExpression="attribute_not_exists(orderId)",
+            )
+        except ClientError as error:
+            if _is_conditional_check_failure(error):
+                return False
+            raise StorageError(f"could not store order {order.order_id}") from error
+        return True
+
+    def get_order(self, order_id: str) -> Order | None:
+        try:
+            response = self.client.get_item(
+                TableName=self.table_name, Key={"orderId": {"S": order_id}}, ConsistentRead=True
+            )
+        except ClientError as error:
+            raise StorageError(f"could not read order {order_id}") from error
+        item = response.get("Item")
+        return Order.model_validate(from_attribute_values(item)) if item else None
+
+    def notified_order_ids(self, order_ids: Iterable[str]) -> set[str]:
+        """Those of the orders that are already marked NOTIFIED (a retried stream batch)."""
+        notified: set[str] = set()
+        for chunk in _chunks(sorted(set(order_ids)), _BATCH_GET_LIMIT):
+            request: dict[str, Any] = {
+                self.table_name: {
+                    "Keys": [{"orderId": {"S": order_id}} for order_id in chunk],
+                    "ProjectionExpression": "orderId, #status",
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ConsistentRead": True,
+                }
+            }
+            while request:
+                try:
+                    response = self.client.batch_get_item(RequestItems=request)
+                except ClientError as error:
+                    raise StorageError("could not read notification status") from error
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    if item.get("status", {}).get("S") == OrderStatus.NOTIFIED:
+                        notified.add(item["orderId"]["S"])
+                request = dict(response.get("UnprocessedKeys") or {})
+        return notified
+
+    def mark_notified(self, order_id: str, at: datetime | None = None) -> bool:
+        """PLACED -> NOTIFIED. False if the order was not PLACED (already notified, or absent)."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key={"orderId": {"S": order_id}},
+                UpdateExpression="SET #status = :notified, notifiedAt = :at",
+                ConditionExpression="#status = :placed",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":notified": {"S": OrderStatus.NOTIFIED.value},
+                    ":placed": {"S": OrderStatus.PLACED.value},
+                    ":at": {"S": utc_timestamp(at or datetime.now(UTC))},
+                },
+            )
+        except ClientError as error:
+            if _is_conditional_check_failure(error):
+                return False
+            raise StorageError(f"could not mark order {order_id} notified") from error
+        return True
+
+
+def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

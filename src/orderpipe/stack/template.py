@@ -1,0 +1,261 @@
+"""`template.yaml` after the SAM transform, with its intrinsic functions resolved.
+
+The local pipeline and the tests read queues, tables, topics, environment variables and
+event source mappings from here, so they cannot drift from what `sam deploy` creates.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+DEFAULT_REGION = "us-east-1"
+_PLACEHOLDER_CODE_URI = "s3://orderpipe-local/{}.zip"
+
+
+class TemplateError(ValueError):
+    """The template uses something this reader cannot resolve."""
+
+
+def project_root() -> Path:
+    """The folder holding `template.yaml`: ORDERPIPE_ROOT, else the current folder or a parent."""
+    if root := os.environ.get("ORDERPIPE_ROOT"):
+        return Path(root)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "template.yaml").is_file():
+            return folder
+    raise TemplateError("no template.yaml here or in any parent folder (set ORDERPIPE_ROOT)")
+
+
+def samconfig_parameters(samconfig: Path, environment: str = "default") -> dict[str, str]:
+    """`parameter_overrides` of one samconfig environment's deploy command."""
+    if not samconfig.is_file():
+        return {}
+    config = tomllib.loads(samconfig.read_text())
+    env = config.get(environment, {})
+    overrides: Any = None
+    for command in ("deploy", "global"):
+        overrides = overrides or env.get(command, {}).get("parameters", {}).get("parameter_overrides")
+    if not overrides:
+        return {}
+    pairs = overrides if isinstance(overrides, list) else overrides.split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@dataclass
+class Template:
+    """The transformed CloudFormation template plus the values its parameters take."""
+
+    resources: dict[str, dict[str, Any]]
+    parameters: dict[str, str]
+    conditions: dict[str, Any]
+    outputs: dict[str, Any]
+    region: str = DEFAULT_REGION
+    stack_name: str = "orderpipe"
+    source_code_uris: dict[str, str] = field(default_factory=dict)
+
+    def resources_of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
+        return {
+            logical_id: resource
+            for logical_id, resource in self.resources.items()
+            if resource["Type"] == resource_type and self.is_created(logical_id)
+        }
+
+    def is_created(self, logical_id: str) -> bool:
+        condition = self.resources[logical_id].get("Condition")
+        return condition is None or bool(self.evaluate_condition(condition))
+
+    def evaluate_condition(self, name: str) -> bool:
+        return bool(Resolver(self, lambda *_: None).resolve(self.conditions[name]))
+
+    def pseudo_parameters(self) -> dict[str, str]:
+        return {
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": self.stack_name,
+            "AWS::StackId": f"arn:aws:cloudformation:{self.region}:{ACCOUNT_ID}:stack/{self.stack_name}/x",
+            "AWS::NoValue": "",
+        }
+
+
+def load_template(
+    path: Path | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    environment: str = "default",
+    region: str | None = None,
+    stack_name: str = "orderpipe",
+) -> Template:
+    """Parse and SAM-transform `template.yaml`.
+
+    Parameter values: the template's defaults, then samconfig's `environment`, then `overrides`.
+    """
+    path = path or project_root() / "template.yaml"
+    sam_template = yaml_parse(path.read_text())
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+    code_uris: dict[str, str] = {}
+    for logical_id, resource in sam_template.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            # The transform wants S3 code locations; the local pipeline runs the code in-process.
+            properties = resource.setdefault("Properties", {})
+            code_uris[logical_id] = str(properties.get("CodeUri", ""))
+            properties["CodeUri"] = _PLACEHOLDER_CODE_URI.format(logical_id)
+
+    parameters = {
+        name: str(spec["Default"])
+        for name, spec in sam_template.get("Parameters", {}).items()
+        if "Default" in spec
+    }
+    parameters |= samconfig_parameters(path.parent / "samconfig.toml", environment)
+    parameters |= dict(overrides or {})
+    unknown = set(overrides or {}) - set(sam_template.get("Parameters", {}))
+    if unknown:
+        raise TemplateError(f"unknown template parameters: {', '.join(sorted(unknown))}")
+
+    previous_region = os.environ.get("AWS_DEFAULT_REGION")
+    os.environ["AWS_DEFAULT_REGION"] = region  # the SAM translator reads the region from boto
+    try:
+        transformed = transform(sam_template, dict(parameters), _NoManagedPolicies())
+    finally:
+        if previous_region is None:
+            del os.environ["AWS_DEFAULT_REGION"]
+        else:
+            os.environ["AWS_DEFAULT_REGION"] = previous_region
+
+    return Template(
+        resources=transformed["Resources"],
+        parameters=parameters,
+        conditions=transformed.get("Conditions", {}),
+        outputs=transformed.get("Outputs", {}),
+        region=region,
+        stack_name=stack_name,
+        source_code_uris=code_uris,
+    )
+
+
+class _NoManagedPolicies:
+    """The template names managed policies by ARN, so the translator needs no IAM lookup."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+ResourceLookup = Callable[[str, str | None], Any]
+"""(logical id, attribute or None for Ref) -> value, or None if not created yet."""
+
+
+class Unresolved(LookupError):
+    """A Ref or GetAtt points at a resource that does not exist yet."""
+
+
+class Resolver:
+    """Evaluates the intrinsic functions the template uses against created resources."""
+
+    def __init__(self, template: Template, lookup: ResourceLookup) -> None:
+        self.template = template
+        self.lookup = lookup
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [item for item in (self.resolve(v) for v in value) if item is not _NO_VALUE]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, argument),) = value.items()
+            if key == "Ref" or key.startswith("Fn::") or key == "Condition":
+                return self._intrinsic(key, argument)
+        resolved = {k: self.resolve(v) for k, v in value.items()}
+        return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
+
+    def _intrinsic(self, name: str, argument: Any) -> Any:
+        match name:
+            case "Ref":
+                return self._ref(argument)
+            case "Fn::GetAtt":
+                logical_id, attribute = argument if isinstance(argument, list) else argument.split(".", 1)
+                return self._attribute(logical_id, attribute)
+            case "Fn::Sub":
+                return self._sub(argument)
+            case "Fn::If":
+                condition, if_true, if_false = argument
+                return self.resolve(if_true if self.template.evaluate_condition(condition) else if_false)
+            case "Fn::Equals":
+                left, right = (self.resolve(v) for v in argument)
+                return str(left) == str(right)
+            case "Fn::Not":
+                return not self.resolve(argument[0])
+            case "Fn::And":
+                return all(self.resolve(v) for v in argument)
+            case "Fn::Or":
+                return any(self.resolve(v) for v in argument)
+            case "Condition":
+                return self.template.evaluate_condition(argument)
+            case "Fn::Join":
+                separator, values = argument
+                return separator.join(str(v) for v in self.resolve(values))
+            case "Fn::Select":
+                index, values = argument
+                return self.resolve(values)[int(self.resolve(index))]
+            case "Fn::Split":
+                separator, source = argument
+                return str(self.resolve(source)).split(separator)
+            case _:
+                raise TemplateError(f"intrinsic function {name} is not supported locally")
+
+    def _ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return _NO_VALUE
+        pseudo = self.template.pseudo_parameters()
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.template.parameters:
+            return self.template.parameters[name]
+        return self._attribute(name, None)
+
+    def _attribute(self, logical_id: str, attribute: str | None) -> Any:
+        if logical_id not in self.template.resources:
+            raise TemplateError(f"unknown resource {logical_id}")
+        value = self.lookup(logical_id, attribute)
+        if value is None:
+            raise Unresolved(logical_id)
+        return value
+
+    def _sub(self, argument: Any) -> str:
+        text, variables = (argument, {}) if isinstance(argument, str) else argument
+        values = {name: self.resolve(v) for name, v in variables.items()}
+
+        def replace(token: str) -> str:
+            if token in values:
+                return str(values[token])
+            if "." in token:
+                logical_id, attribute = token.split(".", 1)
+                return str(self._attribute(logical_id, attribute))
+            return str(self._ref(token))
+
+        out, rest = [], text
+        while "${" in rest:
+            before, _, after = rest.partition("${")
+            token, _, rest = after.partition("}")
+            out.append(before)
+            out.append("${" + token[1:] + "}" if token.startswith("!") else replace(token))
+        out.append(rest)
+        return "".join(out)
+
+
+class _NoValue:
+    pass
+
+
+_NO_VALUE = _NoValue()

@@ -1,0 +1,45 @@
+"""Integration tests run the real handlers against moto resources made from `template.yaml`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from moto import mock_aws
+
+from orderpipe import resources
+from orderpipe.stack.functions import Handler, load_handler
+from orderpipe.stack.provision import Stack, provision_stack
+from orderpipe.stack.template import Template, load_template
+from tests.conftest import ROOT
+
+SUPPORT_EMAIL = "support@example.com"
+
+
+@pytest.fixture(scope="session")
+def template() -> Template:
+    return load_template(ROOT / "template.yaml", overrides={"SupportEmail": SUPPORT_EMAIL})
+
+
+@pytest.fixture
+def stack(template: Template, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """A fresh moto account holding the template's queues, tables and topics.
+
+    The environment holds every function's variables as the template sets them.
+    """
+    with mock_aws():
+        created = provision_stack(template)
+        for function_id in created.functions():
+            for name, value in created.function_environment(function_id).items():
+                if name != "POWERTOOLS_SERVICE_NAME":
+                    monkeypatch.setenv(name, value)
+        resources.reset()
+        yield created
+
+
+def handler_of(template: Template, function_id: str) -> Handler:
+    """The function's handler, loaded from its CodeUri as the template names it."""
+    properties = template.resources[function_id]["Properties"]
+    return load_handler(
+        ROOT / template.source_code_uris[function_id], properties["Handler"], f"{function_id}_app"
+    )
