@@ -143,16 +143,11 @@ class _Provisioner:
         return f"{self.stack.template.stack_name}-{logical_id}"
 
     def create_queue(self, logical_id: str, properties: dict[str, Any]) -> Resource:
-        name = properties.pop("QueueName", None) or self.physical_name(logical_id)
+        fifo = _attribute_value(properties.get("FifoQueue", False)) == "true"
+        name = properties.pop("QueueName", None) or _fifo_name(self.physical_name(logical_id), fifo)
         properties.pop("Tags", None)
-        attributes: dict[Any, str] = {
-            key: json.dumps(value)
-            if isinstance(value, dict)
-            else str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-            for key, value in properties.items()
-        }
+        # The queue's CloudFormation properties are its SQS attributes, JSON ones as objects.
+        attributes: dict[Any, str] = {key: _attribute_value(value) for key, value in properties.items()}
         url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
         arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
@@ -167,26 +162,47 @@ class _Provisioner:
             "KeySchema": properties["KeySchema"],
             "BillingMode": properties.get("BillingMode", "PROVISIONED"),
         }
-        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes", "ProvisionedThroughput"):
+        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+            if key in properties:
+                request[key] = [_index_request(index) for index in properties[key]]
+        for key in ("ProvisionedThroughput", "TableClass", "DeletionProtectionEnabled", "Tags"):
             if key in properties:
                 request[key] = properties[key]
         if "StreamSpecification" in properties:
             request["StreamSpecification"] = {"StreamEnabled": True, **properties["StreamSpecification"]}
-        if "SSESpecification" in properties:
-            request["SSESpecification"] = {"Enabled": properties["SSESpecification"].get("SSEEnabled", False)}
+        if sse := properties.get("SSESpecification"):
+            request["SSESpecification"] = {"Enabled": bool(sse.get("SSEEnabled", False))}
+            for key in ("SSEType", "KMSMasterKeyId"):
+                if key in sse:
+                    request["SSESpecification"][key] = sse[key]
         description = self.dynamodb.create_table(**request)["TableDescription"]
         if ttl := properties.get("TimeToLiveSpecification"):
             self.dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        if pitr := properties.get("PointInTimeRecoverySpecification"):
+            self.dynamodb.update_continuous_backups(
+                TableName=name,
+                PointInTimeRecoverySpecification={
+                    "PointInTimeRecoveryEnabled": bool(pitr.get("PointInTimeRecoveryEnabled", False))
+                },
+            )
         attributes = {"Arn": description["TableArn"]}
         if "LatestStreamArn" in description:
             attributes["StreamArn"] = description["LatestStreamArn"]
         return Resource(logical_id, "AWS::DynamoDB::Table", name, attributes)
 
     def create_topic(self, logical_id: str, properties: dict[str, Any]) -> Resource:
-        name = properties.get("TopicName") or self.physical_name(logical_id)
+        fifo = _attribute_value(properties.get("FifoTopic", False)) == "true"
+        name = properties.get("TopicName") or _fifo_name(self.physical_name(logical_id), fifo)
         topic_attributes: dict[str, str] = {
-            key: str(properties[key])
-            for key in ("DisplayName", "KmsMasterKeyId", "FifoTopic", "ContentBasedDeduplication")
+            key: _attribute_value(properties[key])
+            for key in (
+                "DisplayName",
+                "KmsMasterKeyId",
+                "FifoTopic",
+                "ContentBasedDeduplication",
+                "SignatureVersion",
+                "TracingConfig",
+            )
             if key in properties
         }
         arn = self.sns.create_topic(Name=name, Attributes=topic_attributes)["TopicArn"]
@@ -197,10 +213,35 @@ class _Provisioner:
         return Resource(logical_id, "AWS::SNS::Topic", arn, {"TopicArn": arn, "TopicName": name})
 
     def create_subscription(self, logical_id: str, properties: dict[str, Any]) -> Resource:
+        attributes: dict[str, str] = {
+            key: _attribute_value(properties[key])
+            for key in ("FilterPolicyScope", "FilterPolicy", "RawMessageDelivery", "RedrivePolicy")
+            if key in properties
+        }
         arn = self.sns.subscribe(
             TopicArn=properties["TopicArn"],
             Protocol=properties["Protocol"],
             Endpoint=properties["Endpoint"],
+            Attributes=attributes,
             ReturnSubscriptionArn=True,
         )["SubscriptionArn"]
         return Resource(logical_id, "AWS::SNS::Subscription", arn, {"Arn": arn})
+
+
+def _attribute_value(value: Any) -> str:
+    """A CloudFormation property value as an SQS or SNS attribute string."""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _fifo_name(name: str, fifo: bool) -> str:
+    """SQS and SNS require FIFO queue and topic names to end in `.fifo`."""
+    return f"{name}.fifo" if fifo else name
+
+
+def _index_request(index: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation secondary index as CreateTable takes it (no CloudFormation-only keys)."""
+    return {key: value for key, value in index.items() if key != "ContributorInsightsSpecification"}

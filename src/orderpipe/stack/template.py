@@ -2,27 +2,33 @@
 
 The local pipeline and the tests read queues, tables, topics, environment variables and
 event source mappings from here, so they cannot drift from what `sam deploy` creates.
+Parameter values are checked as CloudFormation checks them (constraints, then `Rules`), so a
+configuration that `sam deploy` would refuse is refused locally too.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samtranslator.metrics.method_decorator import MetricsMethodWrapperSingleton
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_REGION = "us-east-1"
 _PLACEHOLDER_CODE_URI = "s3://orderpipe-local/{}.zip"
+_LONG_FORM = re.compile(r"ParameterKey=(?P<key>[^,]+),ParameterValue=(?P<value>.*)", re.DOTALL)
 
 
 class TemplateError(ValueError):
-    """The template uses something this reader cannot resolve."""
+    """The template uses something this reader cannot resolve, or its parameters are invalid."""
 
 
 def project_root() -> Path:
@@ -37,7 +43,12 @@ def project_root() -> Path:
 
 
 def samconfig_parameters(samconfig: Path, environment: str = "default") -> dict[str, str]:
-    """`parameter_overrides` of one samconfig environment's deploy command."""
+    """`parameter_overrides` of one samconfig environment's deploy command (else its global one).
+
+    Read as SAM CLI reads them: a string of `Key=Value` pairs, shell-quoted where a value holds
+    spaces (`Note="two words"`, `SupportEmail=""`), or a list of such pairs; the long form
+    `ParameterKey=Key,ParameterValue=Value` is accepted too.
+    """
     if not samconfig.is_file():
         return {}
     config = tomllib.loads(samconfig.read_text())
@@ -47,8 +58,21 @@ def samconfig_parameters(samconfig: Path, environment: str = "default") -> dict[
         overrides = overrides or env.get(command, {}).get("parameters", {}).get("parameter_overrides")
     if not overrides:
         return {}
-    pairs = overrides if isinstance(overrides, list) else overrides.split()
-    return dict(pair.split("=", 1) for pair in pairs)
+    pairs = (
+        [token for item in overrides for token in shlex.split(item)]
+        if isinstance(overrides, list)
+        else shlex.split(overrides)
+    )
+    parameters: dict[str, str] = {}
+    for pair in pairs:
+        if match := _LONG_FORM.fullmatch(pair):
+            parameters[match["key"]] = match["value"]
+        elif "=" in pair:
+            key, value = pair.split("=", 1)
+            parameters[key] = value
+        else:
+            raise TemplateError(f"{samconfig}: parameter override {pair!r} is not Key=Value")
+    return parameters
 
 
 @dataclass
@@ -62,6 +86,7 @@ class Template:
     region: str = DEFAULT_REGION
     stack_name: str = "orderpipe"
     source_code_uris: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, Any] = field(default_factory=dict)
 
     def resources_of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
         return {
@@ -75,7 +100,20 @@ class Template:
         return condition is None or bool(self.evaluate_condition(condition))
 
     def evaluate_condition(self, name: str) -> bool:
+        if name not in self.conditions:
+            raise TemplateError(f"unknown condition {name}")
         return bool(Resolver(self, lambda *_: None).resolve(self.conditions[name]))
+
+    def check_rules(self) -> None:
+        """Raise TemplateError for the first `Rules` assertion the parameter values break."""
+        resolver = Resolver(self, lambda *_: None)
+        for name, rule in self.rules.items():
+            if "RuleCondition" in rule and not resolver.resolve(rule["RuleCondition"]):
+                continue
+            for assertion in rule.get("Assertions", []):
+                if not resolver.resolve(assertion["Assert"]):
+                    reason = assertion.get("AssertDescription", "assertion failed")
+                    raise TemplateError(f"template rule {name}: {reason}")
 
     def pseudo_parameters(self) -> dict[str, str]:
         return {
@@ -113,16 +151,18 @@ def load_template(
             code_uris[logical_id] = str(properties.get("CodeUri", ""))
             properties["CodeUri"] = _PLACEHOLDER_CODE_URI.format(logical_id)
 
-    parameters = {
-        name: str(spec["Default"])
-        for name, spec in sam_template.get("Parameters", {}).items()
-        if "Default" in spec
-    }
-    parameters |= samconfig_parameters(path.parent / "samconfig.toml", environment)
-    parameters |= dict(overrides or {})
-    unknown = set(overrides or {}) - set(sam_template.get("Parameters", {}))
-    if unknown:
-        raise TemplateError(f"unknown template parameters: {', '.join(sorted(unknown))}")
+    declared: dict[str, dict[str, Any]] = sam_template.get("Parameters", {})
+    from_samconfig = samconfig_parameters(path.parent / "samconfig.toml", environment)
+    for source, values in (("samconfig.toml", from_samconfig), ("overrides", overrides or {})):
+        if unknown := set(values) - set(declared):
+            raise TemplateError(f"unknown template parameters in {source}: {', '.join(sorted(unknown))}")
+    parameters = {name: str(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
+    parameters |= from_samconfig
+    parameters |= {name: str(value) for name, value in (overrides or {}).items()}
+    for name, spec in declared.items():
+        if name not in parameters:
+            raise TemplateError(f"parameter {name} has no default and no value")
+        _check_parameter(name, spec, parameters[name])
 
     previous_region = os.environ.get("AWS_DEFAULT_REGION")
     os.environ["AWS_DEFAULT_REGION"] = region  # the SAM translator reads the region from boto
@@ -133,8 +173,11 @@ def load_template(
             del os.environ["AWS_DEFAULT_REGION"]
         else:
             os.environ["AWS_DEFAULT_REGION"] = previous_region
+        # The translator records timings for a publisher it never flushes; flush them to its
+        # offline publisher so it does not warn "There are unpublished metrics" later.
+        MetricsMethodWrapperSingleton.get_instance().publish()
 
-    return Template(
+    template = Template(
         resources=transformed["Resources"],
         parameters=parameters,
         conditions=transformed.get("Conditions", {}),
@@ -142,7 +185,31 @@ def load_template(
         region=region,
         stack_name=stack_name,
         source_code_uris=code_uris,
+        rules=transformed.get("Rules", {}),
     )
+    template.check_rules()
+    return template
+
+
+def _check_parameter(name: str, spec: Mapping[str, Any], value: str) -> None:
+    """The constraints CloudFormation checks on a parameter value before any change."""
+    if "AllowedValues" in spec and value not in {str(allowed) for allowed in spec["AllowedValues"]}:
+        raise TemplateError(f"parameter {name}={value!r} is not one of {spec['AllowedValues']}")
+    if spec.get("Type") == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            raise TemplateError(f"parameter {name}={value!r} is not a number") from None
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            raise TemplateError(f"parameter {name}={value} is below its MinValue {spec['MinValue']}")
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            raise TemplateError(f"parameter {name}={value} is above its MaxValue {spec['MaxValue']}")
+    if "MinLength" in spec and len(value) < int(spec["MinLength"]):
+        raise TemplateError(f"parameter {name} is shorter than {spec['MinLength']} characters")
+    if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
+        raise TemplateError(f"parameter {name} is longer than {spec['MaxLength']} characters")
+    if "AllowedPattern" in spec and not re.fullmatch(str(spec["AllowedPattern"]), value):
+        raise TemplateError(f"parameter {name}={value!r} does not match {spec['AllowedPattern']}")
 
 
 class _NoManagedPolicies:
@@ -200,6 +267,9 @@ class Resolver:
                 return all(self.resolve(v) for v in argument)
             case "Fn::Or":
                 return any(self.resolve(v) for v in argument)
+            case "Fn::Contains":  # a rule function: is the string one of the list's?
+                values, value = argument
+                return str(self.resolve(value)) in {str(v) for v in self.resolve(values)}
             case "Condition":
                 return self.template.evaluate_condition(argument)
             case "Fn::Join":

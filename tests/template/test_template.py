@@ -1,0 +1,493 @@
+"""The SAM-transformed template: what `sam deploy` would create, checked before it is created.
+
+These read the CloudFormation that the SAM transform produces (`load_template`), so they see
+what SAM generates (event source mappings, roles, the HTTP API's stage), not just what
+`template.yaml` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from samtranslator.yaml_helper import yaml_parse
+
+from orderpipe.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
+from tests.conftest import ROOT
+
+REGION = "us-east-1"
+FUNCTIONS = ("IngestFunction", "WriterFunction", "NotifierFunction")
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return load_template(ROOT / "template.yaml", overrides={"SupportEmail": "support@example.com"})
+
+
+@pytest.fixture(scope="module")
+def sam_parameters() -> dict[str, dict[str, Any]]:
+    """The parameter declarations of `template.yaml` itself (types, bounds)."""
+    parameters: dict[str, dict[str, Any]] = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]
+    return parameters
+
+
+def properties(template: Template, logical_id: str) -> dict[str, Any]:
+    props: dict[str, Any] = template.resources[logical_id]["Properties"]
+    return props
+
+
+def event_source_mapping(template: Template, function_id: str) -> dict[str, Any]:
+    mappings: list[dict[str, Any]] = [
+        resource["Properties"]
+        for resource in template.resources_of_type("AWS::Lambda::EventSourceMapping").values()
+        if resource["Properties"]["FunctionName"] == {"Ref": function_id}
+    ]
+    assert len(mappings) == 1, f"{function_id} should have exactly one event source mapping"
+    return mappings[0]
+
+
+def get_att(logical_id: str, attribute: str) -> dict[str, list[str]]:
+    return {"Fn::GetAtt": [logical_id, attribute]}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"Ref": name}
+
+
+# --- Event source mappings ----------------------------------------------------------------------
+
+
+def test_writer_consumes_orders_queue_in_partial_batches(template: Template) -> None:
+    # Given the writer's SQS event source mapping
+    mapping = event_source_mapping(template, "WriterFunction")
+
+    # Then it reads OrdersQueue with the configured batch, reports single failures, and is capped
+    assert mapping["EventSourceArn"] == get_att("OrdersQueue", "Arn")
+    assert mapping["BatchSize"] == ref("WriterBatchSize")
+    assert mapping["MaximumBatchingWindowInSeconds"] == ref("WriterBatchingWindowSeconds")
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": ref("WriterMaximumConcurrency")}
+
+
+def test_writer_maximum_concurrency_parameter_stays_within_lambda_bounds(
+    sam_parameters: dict[str, dict[str, Any]],
+) -> None:
+    # Lambda accepts a MaximumConcurrency of 2 to 1000 for SQS sources.
+    spec = sam_parameters["WriterMaximumConcurrency"]
+    assert spec["MinValue"] >= 2
+    assert spec["MaxValue"] <= 1000
+
+
+def test_notifier_reads_only_inserts_from_the_orders_stream(template: Template) -> None:
+    # Given the notifier's DynamoDB stream event source mapping
+    mapping = event_source_mapping(template, "NotifierFunction")
+
+    # Then it reads OrdersTable's stream from the oldest record, INSERT events only
+    assert mapping["EventSourceArn"] == get_att("OrdersTable", "StreamArn")
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    assert mapping["FilterCriteria"] == {"Filters": [{"Pattern": '{"eventName": ["INSERT"]}'}]}
+    assert mapping["BatchSize"] == ref("NotifierBatchSize")
+    assert mapping["MaximumBatchingWindowInSeconds"] == ref("NotifierBatchingWindowSeconds")
+
+
+def test_notifier_failures_are_isolated_bounded_and_parked_in_notifier_dlq(template: Template) -> None:
+    # Given the notifier's DynamoDB stream event source mapping
+    mapping = event_source_mapping(template, "NotifierFunction")
+
+    # Then a poison record is isolated, retried a bounded number of times, then parked
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 0 <= mapping["MaximumRetryAttempts"] <= 10
+    # A record must reach the DLQ before the stream trims it (24 h), or it is lost unseen.
+    assert 60 <= mapping["MaximumRecordAgeInSeconds"] < 24 * 3600
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": get_att("NotifierDLQ", "Arn")}}
+
+
+def test_notifier_batching_window_is_never_zero(sam_parameters: dict[str, dict[str, Any]]) -> None:
+    # The email rate is bounded by batch size and window; a zero window would mail every trickle.
+    assert sam_parameters["NotifierBatchingWindowSeconds"]["MinValue"] >= 1
+
+
+def test_a_writer_batch_above_ten_requires_a_batching_window(template: Template) -> None:
+    # Lambda refuses an SQS batch size above 10 with no batching window; a template rule says so first.
+    def holds(batch_size: str, window: str) -> bool:
+        values = {"WriterBatchSize": batch_size, "WriterBatchingWindowSeconds": window}
+        try:
+            Template({}, values, {}, {}, rules=template.rules).check_rules()
+        except TemplateError:
+            return False
+        return True
+
+    assert holds("10", "0")
+    assert holds("11", "1")
+    assert not holds("11", "0")
+    assert not holds("10000", "0")
+
+
+# --- Queues -------------------------------------------------------------------------------------
+
+
+def test_orders_queue_redrives_to_orders_dlq_after_five_receives(template: Template) -> None:
+    queue = properties(template, "OrdersQueue")
+
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": get_att("OrdersDLQ", "Arn"),
+        "maxReceiveCount": 5,
+    }
+
+
+def test_orders_queue_visibility_covers_six_writer_timeouts_and_the_batching_window(
+    template: Template, sam_parameters: dict[str, dict[str, Any]]
+) -> None:
+    # Given the writer's timeout and the longest batching window the template allows
+    writer_timeout = properties(template, "WriterFunction")["Timeout"]
+    longest_window = sam_parameters["WriterBatchingWindowSeconds"]["MaxValue"]
+
+    # Then a batch can be retried after throttling before its messages reappear
+    assert properties(template, "OrdersQueue")["VisibilityTimeout"] >= 6 * writer_timeout + longest_window
+
+
+@pytest.mark.parametrize("queue_id", ["OrdersQueue", "OrdersDLQ", "NotifierDLQ"])
+def test_queues_are_encrypted(template: Template, queue_id: str) -> None:
+    assert properties(template, queue_id)["SqsManagedSseEnabled"] is True
+
+
+@pytest.mark.parametrize("dlq_id", ["OrdersDLQ", "NotifierDLQ"])
+def test_dead_letter_queues_keep_messages_fourteen_days(template: Template, dlq_id: str) -> None:
+    assert properties(template, dlq_id)["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_orders_dlq_outlives_the_orders_queue(template: Template) -> None:
+    # A dead letter keeps its first enqueue time, so the DLQ must keep messages longer.
+    source = properties(template, "OrdersQueue")["MessageRetentionPeriod"]
+    assert properties(template, "OrdersDLQ")["MessageRetentionPeriod"] > source
+
+
+# --- Tables -------------------------------------------------------------------------------------
+
+
+def test_orders_table_is_on_demand_recoverable_encrypted_and_streams_new_images(template: Template) -> None:
+    table = properties(template, "OrdersTable")
+
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "orderId", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "orderId", "AttributeType": "S"}]
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert table["StreamSpecification"] == {"StreamViewType": "NEW_IMAGE"}
+
+
+def test_orders_table_survives_stack_deletion_and_replacement(template: Template) -> None:
+    resource = template.resources["OrdersTable"]
+
+    assert resource["DeletionPolicy"] == "Retain"
+    assert resource["UpdateReplacePolicy"] == "Retain"
+    assert properties(template, "OrdersTable")["DeletionProtectionEnabled"] == {
+        "Fn::If": ["IsProd", True, False]
+    }
+
+
+def test_idempotency_table_matches_powertools_and_expires_records(template: Template) -> None:
+    table = properties(template, "IdempotencyTable")
+
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+
+
+# --- Topics -------------------------------------------------------------------------------------
+
+
+def test_orders_topic_is_encrypted(template: Template) -> None:
+    assert properties(template, "OrdersTopic")["KmsMasterKeyId"]
+
+
+def test_support_email_subscription_exists_only_with_a_support_email() -> None:
+    # Given the template with and without a SupportEmail
+    with_email = load_template(ROOT / "template.yaml", overrides={"SupportEmail": "support@example.com"})
+    without_email = load_template(ROOT / "template.yaml", overrides={"SupportEmail": ""})
+
+    # Then the email subscription exists only in the first
+    subscription = with_email.resources["SupportEmailSubscription"]
+    assert subscription["Condition"] == "HasSupportEmail"
+    assert subscription["Properties"] == {
+        "TopicArn": ref("OrdersTopic"),
+        "Protocol": "email",
+        "Endpoint": ref("SupportEmail"),
+    }
+    assert with_email.is_created("SupportEmailSubscription")
+    assert not without_email.is_created("SupportEmailSubscription")
+
+
+# --- Alarms -------------------------------------------------------------------------------------
+
+EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # alarm: (namespace, metric, dimensions)
+    "OrdersDLQDepthAlarm": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        {"QueueName": get_att("OrdersDLQ", "QueueName")},
+    ),
+    "NotifierDLQDepthAlarm": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        {"QueueName": get_att("NotifierDLQ", "QueueName")},
+    ),
+    "OrdersQueueAgeAlarm": (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        {"QueueName": get_att("OrdersQueue", "QueueName")},
+    ),
+    "IngestErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("IngestFunction")}),
+    "WriterErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("WriterFunction")}),
+    "NotifierErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("NotifierFunction")}),
+    "NotifierIteratorAgeAlarm": ("AWS/Lambda", "IteratorAge", {"FunctionName": ref("NotifierFunction")}),
+    "Api5xxAlarm": ("AWS/ApiGateway", "5xx", {"ApiId": ref("OrdersApi"), "Stage": "$default"}),
+}
+
+
+@pytest.mark.parametrize("alarm_id", sorted(EXPECTED_ALARMS))
+def test_alarm_watches_its_metric(template: Template, alarm_id: str) -> None:
+    namespace, metric, dimensions = EXPECTED_ALARMS[alarm_id]
+    alarm = properties(template, alarm_id)
+
+    assert (alarm["Namespace"], alarm["MetricName"]) == (namespace, metric)
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == dimensions
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
+    alarms = template.resources_of_type("AWS::CloudWatch::Alarm")
+
+    assert set(alarms) == set(EXPECTED_ALARMS)
+    for alarm_id, alarm in alarms.items():
+        assert alarm["Properties"]["AlarmActions"] == [ref("AlarmTopic")], alarm_id
+        assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
+
+
+def test_api_5xx_alarm_names_the_stage_sam_creates(template: Template) -> None:
+    # Given the stage SAM generates for the HTTP API
+    stages = [
+        resource["Properties"]
+        for resource in template.resources_of_type("AWS::ApiGatewayV2::Stage").values()
+        if resource["Properties"]["ApiId"] == ref("OrdersApi")
+    ]
+
+    # Then the alarm's Stage dimension is that stage, which is throttled as configured
+    assert [stage["StageName"] for stage in stages] == ["$default"]
+    assert stages[0]["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": ref("ApiThrottlingRateLimit"),
+        "ThrottlingBurstLimit": ref("ApiThrottlingBurstLimit"),
+    }
+
+
+def test_api_routes(template: Template) -> None:
+    paths = properties(template, "OrdersApi")["Body"]["paths"]
+
+    assert {(path, method) for path, methods in paths.items() for method in methods} == {
+        ("/orders", "post"),
+        ("/orders/{orderId}", "get"),
+    }
+
+
+# --- Functions ----------------------------------------------------------------------------------
+
+EXPECTED_ENVIRONMENT: dict[str, dict[str, Any]] = {
+    "IngestFunction": {
+        "POWERTOOLS_SERVICE_NAME": "ingest",
+        "ORDERS_QUEUE_URL": ref("OrdersQueue"),
+        "ORDERS_TABLE_NAME": ref("OrdersTable"),
+        "IDEMPOTENCY_TABLE_NAME": ref("IdempotencyTable"),
+    },
+    "WriterFunction": {"POWERTOOLS_SERVICE_NAME": "writer", "ORDERS_TABLE_NAME": ref("OrdersTable")},
+    "NotifierFunction": {
+        "POWERTOOLS_SERVICE_NAME": "notifier",
+        "ORDERS_TABLE_NAME": ref("OrdersTable"),
+        "ORDERS_TOPIC_ARN": ref("OrdersTopic"),
+    },
+}
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_function_runs_python313_on_arm64_with_tracing_and_its_own_log_group(
+    template: Template, function_id: str
+) -> None:
+    function = properties(template, function_id)
+
+    assert function["Runtime"] == "python3.13"
+    assert function["Architectures"] == ["arm64"]
+    assert function["TracingConfig"] == {"Mode": "Active"}
+    assert function["LoggingConfig"] == {"LogGroup": ref(function_id.replace("Function", "LogGroup"))}
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_function_environment(template: Template, function_id: str) -> None:
+    variables = properties(template, function_id)["Environment"]["Variables"]
+
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "Orderpipe"
+    for name, value in EXPECTED_ENVIRONMENT[function_id].items():
+        assert variables[name] == value, name
+
+
+def test_outputs_name_the_api_queues_table_and_topic(template: Template) -> None:
+    assert {
+        "ApiUrl",
+        "OrdersQueueUrl",
+        "OrdersDLQUrl",
+        "NotifierDLQUrl",
+        "OrdersTableName",
+        "OrdersTopicArn",
+    } <= set(template.outputs)
+    assert template.outputs["OrdersQueueUrl"]["Value"] == ref("OrdersQueue")
+    assert template.outputs["OrdersTopicArn"]["Value"] == ref("OrdersTopic")
+
+
+# --- Least privilege ----------------------------------------------------------------------------
+
+STREAM = "OrdersTable stream"
+EXPECTED_PERMISSIONS: dict[str, set[tuple[str, str]]] = {
+    # function: every (action, resource) its role allows; "*" only where IAM has no resource scope
+    "IngestFunction": {
+        ("logs:CreateLogStream", "IngestLogGroup"),
+        ("logs:PutLogEvents", "IngestLogGroup"),
+        ("xray:PutTraceSegments", "*"),
+        ("xray:PutTelemetryRecords", "*"),
+        ("sqs:SendMessage", "OrdersQueue"),
+        ("dynamodb:GetItem", "OrdersTable"),
+        ("dynamodb:GetItem", "IdempotencyTable"),
+        ("dynamodb:PutItem", "IdempotencyTable"),
+        ("dynamodb:UpdateItem", "IdempotencyTable"),
+        ("dynamodb:DeleteItem", "IdempotencyTable"),
+    },
+    "WriterFunction": {
+        ("logs:CreateLogStream", "WriterLogGroup"),
+        ("logs:PutLogEvents", "WriterLogGroup"),
+        ("xray:PutTraceSegments", "*"),
+        ("xray:PutTelemetryRecords", "*"),
+        ("sqs:ReceiveMessage", "OrdersQueue"),
+        ("sqs:DeleteMessage", "OrdersQueue"),
+        ("sqs:GetQueueAttributes", "OrdersQueue"),
+        ("dynamodb:PutItem", "OrdersTable"),
+    },
+    "NotifierFunction": {
+        ("logs:CreateLogStream", "NotifierLogGroup"),
+        ("logs:PutLogEvents", "NotifierLogGroup"),
+        ("xray:PutTraceSegments", "*"),
+        ("xray:PutTelemetryRecords", "*"),
+        ("dynamodb:DescribeStream", STREAM),
+        ("dynamodb:GetRecords", STREAM),
+        ("dynamodb:GetShardIterator", STREAM),
+        ("dynamodb:ListStreams", STREAM),
+        ("sqs:SendMessage", "NotifierDLQ"),
+        ("sns:Publish", "OrdersTopic"),
+        ("dynamodb:BatchGetItem", "OrdersTable"),
+        ("dynamodb:UpdateItem", "OrdersTable"),
+    },
+}
+
+
+class PhysicalNames:
+    """Stand-in names and ARNs for the template's resources, and the way back to logical ids.
+
+    Resolving a policy against these and mapping each ARN back shows which resource a statement
+    really names - whether written as GetAtt, Ref or an ARN built with Fn::Sub - and catches an
+    ARN that names nothing of the stack (a wrong service, a stray wildcard, a queue URL).
+    """
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        self.owners: dict[str, str] = {"*": "*"}
+        for logical_id in template.resources:
+            for attribute in (None, "Arn", "StreamArn"):
+                value = self.lookup(logical_id, attribute)
+                if attribute == "StreamArn":
+                    self.owners[value] = f"{logical_id} stream"
+                    self.owners[f"{self.lookup(logical_id, 'Arn')}/stream/*"] = f"{logical_id} stream"
+                elif value.startswith("arn:"):
+                    self.owners[value] = logical_id
+
+    def lookup(self, logical_id: str, attribute: str | None) -> str:
+        resource_type = self.template.resources[logical_id]["Type"]
+        name = f"orderpipe-{logical_id}"
+        prefix = f"arn:aws:{resource_type.split('::')[1].lower()}:{REGION}:{ACCOUNT_ID}"
+        match resource_type, attribute:
+            case "AWS::SQS::Queue", None:
+                return f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT_ID}/{name}"
+            case "AWS::SQS::Queue", "Arn":
+                return f"{prefix}:{name}"
+            case "AWS::DynamoDB::Table", "Arn":
+                return f"{prefix}:table/{name}"
+            case "AWS::DynamoDB::Table", "StreamArn":
+                return f"{prefix}:table/{name}/stream/2025-01-01T00:00:00.000"
+            case "AWS::SNS::Topic", None | "TopicArn":
+                return f"{prefix}:{name}"
+            case "AWS::Logs::LogGroup", "Arn":
+                return f"{prefix}:log-group:{name}:*"
+            case _, "QueueName" | "TopicName" | None:
+                return name
+        return f"{prefix}:{attribute}/{name}"
+
+    def owner(self, arn: str) -> str:
+        assert arn in self.owners, f"{arn} is not a resource of this stack"
+        return self.owners[arn]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_of(template: Template, function_id: str) -> str:
+    role = properties(template, function_id)["Role"]
+    assert role == {"Fn::GetAtt": [role["Fn::GetAtt"][0], "Arn"]}
+    role_id: str = role["Fn::GetAtt"][0]
+    return role_id
+
+
+def statements(template: Template, role_id: str) -> Iterator[dict[str, Any]]:
+    for policy in properties(template, role_id).get("Policies", []):
+        yield from as_list(policy["PolicyDocument"]["Statement"])
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_function_role_allows_exactly_its_own_actions_on_its_own_resources(
+    template: Template, function_id: str
+) -> None:
+    # Given the function's role, with every resource reference resolved to a logical id
+    names = PhysicalNames(template)
+    resolver = Resolver(template, names.lookup)
+    role_id = role_of(template, function_id)
+
+    # When every statement is expanded to (action, resource) pairs
+    allowed: set[tuple[str, str]] = set()
+    for statement in statements(template, role_id):
+        assert statement["Effect"] == "Allow"
+        assert not {"NotAction", "NotResource", "Principal", "NotPrincipal"} & set(statement)
+        for action in as_list(statement["Action"]):
+            for resource in as_list(resolver.resolve(statement["Resource"])):
+                allowed.add((action, names.owner(resource)))
+
+    # Then they are exactly what the function needs, nothing more
+    assert allowed == EXPECTED_PERMISSIONS[function_id]
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_function_role_has_no_managed_policies_and_trusts_only_lambda(
+    template: Template, function_id: str
+) -> None:
+    # SAM's event source policies (AWSLambdaSQSQueueExecutionRole, ...) allow their actions on "*".
+    role = properties(template, role_of(template, function_id))
+
+    assert not role.get("ManagedPolicyArns")
+    assert role["AssumeRolePolicyDocument"]["Statement"] == [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
+
+
+def test_each_function_has_a_role_of_its_own(template: Template) -> None:
+    roles = [role_of(template, function_id) for function_id in FUNCTIONS]
+
+    assert len(set(roles)) == len(FUNCTIONS)
+    assert set(roles) == set(template.resources_of_type("AWS::IAM::Role"))
