@@ -43,10 +43,11 @@ class OrdersTable:
 
     def put_new_order(self, order: Order) -> bool:
         """Store the order unless an item with its orderId exists. True if it was stored now."""
+        stored = order.model_copy(update={"status": OrderStatus.PLACED, "stored_at": datetime.now(UTC)})
         try:
             self.client.put_item(
                 TableName=self.table_name,
-                Item=to_attribute_values(order.to_item()),
+                Item=to_attribute_values(stored.to_item()),
                 ConditionExpression="attribute_not_exists(orderId)",
             )
         except ClientError as error:

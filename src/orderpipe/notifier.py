@@ -1,0 +1,170 @@
+"""The notifier step: one support email per stream batch of new orders, each order mailed once.
+
+Per record (Batch Processor): parse the new image into an Order; a record that does not parse
+fails only itself (its SequenceNumber in the partial batch response; Lambda retries from it,
+bisects, and finally parks its metadata in NotifierDLQ). Anything but an INSERT is ignored:
+our own PLACED -> NOTIFIED update comes back as a MODIFY.
+
+Per batch: skip the orders already NOTIFIED (a retried batch), publish one email (or the parts
+SNS's size limit forces) for the rest, then mark each announced order NOTIFIED.
+- Publishing fails: nothing of that email is marked and the invocation fails, so Lambda
+  retries the records (bisecting); emails already sent for earlier parts are marked first,
+  so the retry does not send them again.
+- Marking fails after the email went out: the order is logged and counted
+  (NotifiedOrdersNotMarked) but its record still succeeds, as retrying it would mail it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.batch.base import FailureResponse
+from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
+from aws_lambda_powertools.utilities.parser.models import (
+    DynamoDBStreamChangedRecordModel,
+    DynamoDBStreamRecordModel,
+)
+from pydantic import model_validator
+
+from orderpipe import resources
+from orderpipe.models import Order, OrderStatus
+from orderpipe.observability import MetricUnit, logger, metrics, tracer
+from orderpipe.orders_table import StorageError
+from orderpipe.record_failures import failure_reason
+from orderpipe.support_email import render_support_emails
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+class OrderChange(DynamoDBStreamChangedRecordModel):
+    NewImage: Order | None = None
+
+
+class OrderStreamRecord(DynamoDBStreamRecordModel):
+    """A record of OrdersTable's stream; an INSERT's new image is an Order."""
+
+    dynamodb: OrderChange
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_inserts_carry_new_orders(cls, data: Any) -> Any:
+        """Other changes are ignored, so their images are not parsed and can never fail."""
+        if (
+            isinstance(data, dict)
+            and data.get("eventName") != "INSERT"
+            and isinstance(data.get("dynamodb"), dict)
+        ):
+            change = {key: value for key, value in data["dynamodb"].items() if key != "NewImage"}
+            return {**data, "dynamodb": change}
+        return data
+
+
+class StreamBatchProcessor(BatchProcessor):
+    """Logs why each failed record failed (a record that does not parse never reaches the handler)."""
+
+    def failure_handler(self, record: Any, exception: ExceptionInfo) -> FailureResponse:
+        logger.set_correlation_id(None)
+        change = getattr(record, "dynamodb", None)
+        sequence_number = getattr(change, "SequenceNumber", None) or getattr(change, "sequence_number", None)
+        logger.warning(
+            "Stream record not processed; Lambda retries it, then parks it in NotifierDLQ",
+            extra={"sequence_number": sequence_number, "reason": failure_reason(exception)},
+        )
+        metrics.add_metric(name="StreamRecordsFailed", unit=MetricUnit.Count, value=1)
+        return super().failure_handler(record, exception)
+
+
+def new_order_of(record: OrderStreamRecord) -> Order | None:
+    """The order an INSERT announces; None for any other change."""
+    if record.eventName != "INSERT":
+        logger.debug("Ignoring a stream record that is not an INSERT", extra={"event_name": record.eventName})
+        return None
+    order = record.dynamodb.NewImage
+    if order is None:
+        raise ValueError("INSERT record without a new image (the stream must be NEW_IMAGE)")
+    logger.set_correlation_id(order.order_id)
+    logger.debug("New order in the stream")
+    return order
+
+
+@tracer.capture_method(capture_response=False)
+def announce_new_orders(orders: Sequence[Order]) -> list[str]:
+    """Email support about the orders not yet NOTIFIED, then mark them; returns the ids announced."""
+    logger.set_correlation_id(None)  # batch-level logs; per-order ones set the order id
+    unique = list({order.order_id: order for order in orders if order.status == OrderStatus.PLACED}.values())
+    if not unique:
+        return []
+    table = resources.orders_table()
+    # A StorageError here propagates: without knowing what was sent, send nothing.
+    already_notified = table.notified_order_ids(order.order_id for order in unique)
+    if already_notified:
+        metrics.add_metric(name="OrdersAlreadyNotified", unit=MetricUnit.Count, value=len(already_notified))
+        logger.info("Skipping orders already announced", extra={"order_ids": sorted(already_notified)})
+    to_announce = [order for order in unique if order.order_id not in already_notified]
+
+    announced: list[str] = []
+    topic = resources.orders_topic()
+    for email in render_support_emails(to_announce):
+        # TopicUnavailable propagates once the orders of the parts already sent are marked.
+        try:
+            message_id = topic.publish(email)
+        except Exception:
+            logger.exception(
+                "Support email not sent; the batch fails so that Lambda retries it",
+                extra={"subject": email.subject, "order_ids": list(email.order_ids)},
+            )
+            _mark_notified(announced)
+            raise
+        metrics.add_metric(name="SupportEmailsSent", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "Support email sent",
+            extra={
+                "sns_message_id": message_id,
+                "subject": email.subject,
+                "order_ids": list(email.order_ids),
+            },
+        )
+        announced.extend(email.order_ids)
+    _mark_notified(announced)
+    return announced
+
+
+def _mark_notified(order_ids: Sequence[str]) -> None:
+    if not order_ids:
+        return
+    metrics.add_metric(name="OrdersNotified", unit=MetricUnit.Count, value=len(order_ids))
+    now = datetime.now(UTC)
+    for order_id in order_ids:
+        logger.set_correlation_id(order_id)
+        try:
+            marked = resources.orders_table().mark_notified(order_id, at=now)
+        except StorageError:
+            # Retrying the record would email the order a second time; leave it PLACED instead.
+            metrics.add_metric(name="NotifiedOrdersNotMarked", unit=MetricUnit.Count, value=1)
+            logger.exception("Order announced but not marked NOTIFIED")
+            continue
+        if marked:
+            logger.info("Order announced and marked NOTIFIED")
+        else:
+            logger.warning("Order announced but was not PLACED (already NOTIFIED, or absent)")
+    logger.set_correlation_id(None)
+
+
+def notify_support(event: dict[str, Any], context: LambdaContext | None = None) -> PartialItemFailureResponse:
+    """Process one stream batch; the answer names the records Lambda should retry."""
+    processor = StreamBatchProcessor(  # one per batch: it holds the batch's outcomes
+        event_type=EventType.DynamoDBStreams, model=OrderStreamRecord, raise_on_entire_batch_failure=False
+    )
+    try:
+        with processor(records=event.get("Records", []), handler=new_order_of, lambda_context=context):
+            outcomes = processor.process()
+        new_orders = [result for status, result, _ in outcomes if status == "success" and result is not None]
+        announce_new_orders(new_orders)
+        return processor.response()
+    finally:
+        logger.set_correlation_id(None)

@@ -1,0 +1,83 @@
+"""The writer step: store each queued order once, fail only the messages that cannot be stored.
+
+SQS delivers at least once and ingest may send an order twice, so a second copy of an order
+is a success that changes nothing (conditional PutItem). A message that is not an order fails
+only itself and, after the queue's maxReceiveCount receives, lands in OrdersDLQ.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.base import FailureResponse
+from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from pydantic import Json
+
+from orderpipe import resources
+from orderpipe.models import Order
+from orderpipe.observability import MetricUnit, logger, metrics, tracer
+from orderpipe.record_failures import failure_reason
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+class QueuedOrder(SqsRecordModel):
+    """An OrdersQueue message whose body is an order; any other body fails this record only."""
+
+    body: Json[Order]
+
+
+class OrderBatchProcessor(BatchProcessor):
+    """Logs why each failed message failed; a message that is not an order never reaches the handler."""
+
+    def failure_handler(self, record: Any, exception: ExceptionInfo) -> FailureResponse:
+        logger.set_correlation_id(record.body.order_id if isinstance(record, QueuedOrder) else None)
+        message_id = getattr(record, "messageId", None) or getattr(record, "message_id", None)
+        logger.warning(
+            "Message not stored; SQS delivers it again, and after maxReceiveCount moves it to OrdersDLQ",
+            extra={"message_id": message_id, "reason": failure_reason(exception)},
+        )
+        metrics.add_metric(name="OrderMessagesFailed", unit=MetricUnit.Count, value=1)
+        return super().failure_handler(record, exception)
+
+
+@tracer.capture_method(capture_response=False)
+def store_queued_order(record: QueuedOrder) -> bool:
+    """True if the order was stored now, False if it was already there (a duplicate delivery).
+
+    A StorageError (throttling, a failed request) propagates: only this record is retried.
+    """
+    order: Order = record.body
+    logger.set_correlation_id(order.order_id)
+    stored = resources.orders_table().put_new_order(order)
+    if stored:
+        metrics.add_metric(name="OrdersStored", unit=MetricUnit.Count, value=1)
+        logger.info("Order stored", extra={"message_id": record.messageId})
+    else:
+        metrics.add_metric(name="DuplicateOrders", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "Order already stored; duplicate delivery ignored", extra={"message_id": record.messageId}
+        )
+    return stored
+
+
+def store_queued_orders(
+    event: dict[str, Any], context: LambdaContext | None = None
+) -> PartialItemFailureResponse:
+    """Process one SQS batch; the answer names the messages SQS should deliver again."""
+    # A processor per batch: it holds the batch's outcomes, and the local pipeline may run
+    # several batches at once in one process. A batch of only poison messages must still
+    # answer batchItemFailures, not raise.
+    processor = OrderBatchProcessor(
+        event_type=EventType.SQS, model=QueuedOrder, raise_on_entire_batch_failure=False
+    )
+    try:
+        return process_partial_response(
+            event=event, record_handler=store_queued_order, processor=processor, context=context
+        )
+    finally:
+        logger.set_correlation_id(None)
