@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from orderpipe.lambda_context import LocalLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
+
+# Powertools' Metrics takes its namespace from the environment when `orderpipe.observability` is
+# first imported, and test modules import it while they are collected, before any fixture runs.
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Orderpipe")
 
 
 def load_event(name: str) -> dict[str, Any]:

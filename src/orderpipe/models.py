@@ -32,8 +32,9 @@ MAX_UNIT_PRICE = Decimal("1000000")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 CENT = Decimal("0.01")
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# U+FFFE and U+FFFF too: SQS refuses a message that holds them.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
+_CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
 
 
 def _single_line(value: str) -> str:
@@ -76,14 +77,20 @@ def utc_timestamp(moment: datetime) -> str:
 Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
 Note = Annotated[str, Field(max_length=1000), AfterValidator(_multi_line)]
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-Quantity = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MAX_QUANTITY)]
+# Field before the validators, so the bounds reach the OpenAPI schema as minimum/maximum.
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), BeforeValidator(_whole_number)]
 Money = Annotated[
     Decimal,
-    BeforeValidator(_money_from_json),
     Field(ge=0, allow_inf_nan=False, decimal_places=2),
+    BeforeValidator(_money_from_json),
     PlainSerializer(format_money, return_type=str, when_used="json"),
 ]
-UnitPrice = Annotated[Money, Field(le=MAX_UNIT_PRICE)]
+UnitPrice = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_UNIT_PRICE, allow_inf_nan=False, decimal_places=2),
+    BeforeValidator(_money_from_json),
+    PlainSerializer(format_money, return_type=str, when_used="json"),
+]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
 Timestamp = Annotated[datetime, PlainSerializer(utc_timestamp, return_type=str)]
@@ -152,6 +159,7 @@ class Order(OrderRequest):
     order_id: str
     created_at: Timestamp
     status: OrderStatus = OrderStatus.PLACED
+    stored_at: Timestamp | None = None
     notified_at: Timestamp | None = None
 
     @computed_field  # type: ignore[prop-decorator]

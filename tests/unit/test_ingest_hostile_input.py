@@ -1,0 +1,221 @@
+"""Whatever a client sends, ingest answers a 4xx with a JSON message and queues nothing (invariant 4)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orderpipe.lambda_context import LocalLambdaContext
+from tests.unit.ingest_requests import (
+    VALID_ORDER,
+    RecordingQueue,
+    post_order,
+    post_order_json,
+    recording_queue,
+    resolve,
+)
+
+VALID_BODY = json.dumps(VALID_ORDER)
+
+
+@pytest.fixture
+def queue() -> Iterator[RecordingQueue]:
+    with recording_queue() as queue:
+        yield queue
+
+
+def assert_rejected(response: dict[str, Any], queue: RecordingQueue) -> dict[str, Any]:
+    assert 400 <= response["statusCode"] < 500, response
+    assert response["headers"]["Content-Type"] == "application/json"
+    body: dict[str, Any] = json.loads(response["body"])
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    assert queue.orders == []
+    return body
+
+
+def with_name(name: str) -> str:
+    """The valid order whose customer name is `name`, spelled as JSON text."""
+    return VALID_BODY.replace('"Ada Lovelace"', name)
+
+
+HOSTILE_BODIES: dict[str, tuple[str | bytes | None, int]] = {
+    "no body": (None, 400),
+    "empty": ("", 400),
+    "whitespace": (" \n\t ", 400),
+    "truncated": (VALID_BODY[:-1], 400),
+    "single quotes": (VALID_BODY.replace('"', "'"), 400),
+    "trailing garbage": (VALID_BODY + "}", 400),
+    "NaN": (VALID_BODY.replace('"12.50"', "NaN"), 400),
+    "Infinity": (VALID_BODY.replace("2,", "Infinity,", 1), 400),
+    "-Infinity in an ignored field": (VALID_BODY[:-1] + ', "extra": -Infinity}', 400),
+    "5000-digit integer": (VALID_BODY.replace("2,", "1" + "0" * 5000 + ",", 1), 400),
+    "deeply nested arrays": ("[" * 30_000 + "]" * 30_000, 400),
+    "deeply nested objects": ('{"a":' * 10_000 + "1" + "}" * 10_000, 400),
+    "deep nesting over the size limit": ("[" * 100_000 + "]" * 100_000, 413),
+    "invalid UTF-8": (VALID_BODY.encode().replace(b"Ada", b"Ad\xff"), 400),
+    "UTF-16": (VALID_BODY.encode("utf-16"), 400),
+    "UTF-8 byte order mark": (b"\xef\xbb\xbf" + VALID_BODY.encode(), 400),
+    "lone surrogate, raw": (with_name('"Ada \udc80"'), 400),
+    "lone surrogate, escaped": (with_name('"Ada \\udc80"'), 422),
+    "U+FFFF, which SQS refuses": (with_name('"Ada \\uffff"'), 422),
+    "NUL in a name": (with_name('"Ada\\u0000"'), 422),
+    "null": ("null", 422),
+    "array": ("[]", 422),
+    "array of orders": (json.dumps([VALID_ORDER]), 422),
+    "string": ('"order"', 422),
+    "number": ("42", 422),
+    "boolean": ("true", 422),
+    "empty object": ("{}", 422),
+    "nulls everywhere": (json.dumps(dict.fromkeys(VALID_ORDER)), 422),
+    "items null": (json.dumps(VALID_ORDER | {"items": None}), 422),
+    "items an object": (json.dumps(VALID_ORDER | {"items": {"0": VALID_ORDER["items"][0]}}), 422),
+    "quantity as string": (VALID_BODY.replace("2,", '"2",', 1), 422),
+    "quantity as float": (VALID_BODY.replace("2,", "2.0,", 1), 422),
+    "quantity as boolean": (VALID_BODY.replace("2,", "true,", 1), 422),
+    "huge float": (VALID_BODY.replace('"12.50"', "1e999999"), 422),
+    "negative price": (VALID_BODY.replace('"12.50"', '"-1.00"'), 422),
+    "price with 3 places": (VALID_BODY.replace('"12.50"', '"12.505"'), 422),
+    "price 'NaN' as string": (VALID_BODY.replace('"12.50"', '"NaN"'), 422),
+    "price in exponent form": (VALID_BODY.replace('"12.50"', '"1E+7"'), 422),
+    "101 items": (json.dumps(VALID_ORDER | {"items": VALID_ORDER["items"][:1] * 101}), 422),
+    "script in sku": (VALID_BODY.replace("MOP-001", "<script>alert(1)</script>"), 422),
+    "header injection in name": (with_name('"Ada\\r\\nBcc: all@example.com"'), 422),
+}
+
+
+@pytest.mark.parametrize(("body", "status"), HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+def test_hostile_body_gets_the_expected_4xx(
+    body: str | bytes | None, status: int, queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    # Given a body no order could be made from
+    event = post_order(body)
+
+    # When it is posted
+    response = resolve(event, lambda_context)
+
+    # Then the client is told what is wrong, and nothing is queued
+    assert_rejected(response, queue)
+    assert response["statusCode"] == status
+
+
+HOSTILE_HEADERS: dict[str, tuple[dict[str, str], str | None, int]] = {
+    "Idempotency-Key of 256 characters": ({"idempotency-key": "k" * 256}, "application/json", 400),
+    "Idempotency-Key of 100 KB": ({"idempotency-key": "k" * 100_000}, "application/json", 400),
+    "empty Idempotency-Key": ({"idempotency-key": ""}, "application/json", 400),
+    "text/plain": ({}, "text/plain", 415),
+    "form-encoded": ({}, "application/x-www-form-urlencoded", 415),
+    "multipart without boundary": ({}, "multipart/form-data", 415),
+    "multipart with boundary": ({}, "multipart/form-data; boundary=xyz", 415),
+    "json-like media type": ({}, "application/jsonp", 415),
+    "vendor JSON media type": ({}, "application/vnd.api+json", 415),
+    "content type with odd bytes": ({}, "\x00\xff;;;=", 415),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Received multipart/form-data without base64 encoding")
+@pytest.mark.parametrize(
+    ("headers", "content_type", "status"), HOSTILE_HEADERS.values(), ids=HOSTILE_HEADERS.keys()
+)
+def test_hostile_headers_get_the_expected_4xx(
+    headers: dict[str, str],
+    content_type: str | None,
+    status: int,
+    queue: RecordingQueue,
+    lambda_context: LocalLambdaContext,
+) -> None:
+    # Given a valid order with headers no client should send
+    event = post_order(VALID_BODY, headers=headers, content_type=content_type)
+
+    # When it is posted
+    response = resolve(event, lambda_context)
+
+    # Then the header is refused and nothing is queued
+    assert_rejected(response, queue)
+    assert response["statusCode"] == status
+
+
+def test_multipart_body_with_undecodable_part_headers_is_unsupported(
+    queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    # Given a multipart body whose part headers are not UTF-8 (Powertools' parser raises on it)
+    body = b'--xyz\r\nContent-Disposition: form-data; name="\xff"\r\n\r\nvalue\r\n--xyz--\r\n'
+    event = post_order(body, content_type="multipart/form-data; boundary=xyz")
+
+    # When it is posted
+    response = resolve(event, lambda_context)
+
+    # Then it is refused as an unsupported media type
+    assert_rejected(response, queue)
+    assert response["statusCode"] == 415
+
+
+def mutations(seed: int, count: int) -> list[str]:
+    """Valid orders with bytes flipped, dropped, duplicated or swapped: mostly broken JSON."""
+    rng = random.Random(seed)
+    text = json.dumps(VALID_ORDER)
+    alphabet = '{}[]",:0123456789.-eE \\/tfnaul\u00e9\u2028\ufeff\x00'
+    bodies = []
+    for _ in range(count):
+        chars = list(text)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(chars))
+            match rng.randrange(4):
+                case 0:
+                    chars[position] = rng.choice(alphabet)
+                case 1:
+                    del chars[position]
+                case 2:
+                    chars.insert(position, rng.choice(alphabet))
+                case _:
+                    other = rng.randrange(len(chars))
+                    chars[position], chars[other] = chars[other], chars[position]
+        bodies.append("".join(chars))
+    return bodies
+
+
+def test_mutated_orders_never_get_a_5xx(queue: RecordingQueue, lambda_context: LocalLambdaContext) -> None:
+    # Given a few hundred randomly damaged orders (seeded, so a failure can be replayed)
+    bodies = mutations(seed=20251122, count=300)
+
+    # When each one is posted
+    statuses = [resolve(post_order(body), lambda_context)["statusCode"] for body in bodies]
+
+    # Then each gets a 202 (the damage happened to leave a valid order) or a 4xx, never a 5xx
+    assert all(status == 202 or 400 <= status < 500 for status in statuses), sorted(set(statuses))
+    assert statuses.count(202) == len(queue.orders)
+    assert {400, 422} <= set(statuses)
+
+
+def test_random_bytes_never_get_a_5xx(queue: RecordingQueue, lambda_context: LocalLambdaContext) -> None:
+    # Given random bytes of random lengths, sent base64-encoded as API Gateway sends binary bodies
+    rng = random.Random(7)
+    bodies = [rng.randbytes(rng.choice([1, 10, 1000, 70_000])) for _ in range(100)]
+
+    # When each is posted
+    responses = [resolve(post_order(body), lambda_context) for body in bodies]
+
+    # Then every one is refused with a 4xx
+    for response in responses:
+        assert_rejected(response, queue)
+
+
+def test_valid_order_with_hostile_but_harmless_text_is_accepted(
+    queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    # Given an order whose free text looks like markup, SQL and a template, with emoji
+    order: dict[str, Any] = json.loads(VALID_BODY)
+    order["customer"]["name"] = "Robert'); DROP TABLE orders;-- <b>{{7*7}}</b> \U0001f9f9"
+    order["note"] = "=cmd|' /C calc'!A0\nSecond line"
+
+    # When it is posted
+    response = resolve(post_order_json(order), lambda_context)
+
+    # Then it is accepted as text, unchanged
+    assert response["statusCode"] == 202
+    assert queue.orders[0].customer.name == order["customer"]["name"]
+    assert queue.orders[0].note == order["note"]
