@@ -7,6 +7,8 @@ what SAM generates (event source mappings, roles, the HTTP API's stage), not jus
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +55,12 @@ def get_att(logical_id: str, attribute: str) -> dict[str, list[str]]:
 
 def ref(name: str) -> dict[str, str]:
     return {"Ref": name}
+
+
+def emitted_metrics(service: str) -> set[str]:
+    """The Powertools metrics a step's module adds (`orderpipe/<service>.py`)."""
+    source = (ROOT / "src" / "orderpipe" / f"{service}.py").read_text()
+    return set(re.findall(r'add_metric\(name="(\w+)"', source))
 
 
 # --- Event source mappings ----------------------------------------------------------------------
@@ -245,6 +253,8 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "NotifierErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("NotifierFunction")}),
     "NotifierIteratorAgeAlarm": ("AWS/Lambda", "IteratorAge", {"FunctionName": ref("NotifierFunction")}),
     "Api5xxAlarm": ("AWS/ApiGateway", "5xx", {"ApiId": ref("OrdersApi"), "Stage": "$default"}),
+    # The notifier's own EMF metric: an order was emailed but is still PLACED.
+    "NotifiedOrdersNotMarkedAlarm": ("Orderpipe", "NotifiedOrdersNotMarked", {"service": "notifier"}),
 }
 
 
@@ -266,6 +276,18 @@ def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
     for alarm_id, alarm in alarms.items():
         assert alarm["Properties"]["AlarmActions"] == [ref("AlarmTopic")], alarm_id
         assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
+
+
+def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template) -> None:
+    # Given the notifier's metrics namespace and service name, as the template sets them
+    variables = properties(template, "NotifierFunction")["Environment"]["Variables"]
+    alarm = properties(template, "NotifiedOrdersNotMarkedAlarm")
+
+    # Then the alarm reads the metric where Powertools writes it, and the notifier emits it
+    assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    assert alarm["MetricName"] in emitted_metrics("notifier")
+    assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 0)
 
 
 def test_api_5xx_alarm_names_the_stage_sam_creates(template: Template) -> None:
@@ -291,6 +313,168 @@ def test_api_routes(template: Template) -> None:
         ("/orders", "post"),
         ("/orders/{orderId}", "get"),
     }
+
+
+# --- Dashboard ----------------------------------------------------------------------------------
+
+SERVICES = ("ingest", "writer", "notifier")
+# Dimension -> the resource type its value must name (None: a fixed value, checked below).
+DIMENSION_TYPES: dict[str, str | None] = {
+    "FunctionName": "AWS::Lambda::Function",
+    "QueueName": "AWS::SQS::Queue",
+    "TableName": "AWS::DynamoDB::Table",
+    "ApiId": "AWS::ApiGatewayV2::Api",
+    "Stage": None,
+    "service": None,
+}
+# What operators must see: (namespace, metric, dimensions by logical id, statistic).
+EXPECTED_DASHBOARD_METRICS: set[tuple[str, str, tuple[tuple[str, str], ...], str]] = {
+    *(
+        ("Orderpipe", metric, (("service", service),), "Sum")
+        for service, metric in [
+            ("ingest", "OrdersAccepted"),
+            ("writer", "OrdersStored"),
+            ("writer", "DuplicateOrders"),
+            ("notifier", "OrdersNotified"),
+            ("notifier", "SupportEmailsSent"),
+        ]
+    ),
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", "OrdersQueue"),), "Maximum"),
+    ("AWS/SQS", "ApproximateAgeOfOldestMessage", (("QueueName", "OrdersQueue"),), "Maximum"),
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", "OrdersDLQ"),), "Maximum"),
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", "NotifierDLQ"),), "Maximum"),
+    *(
+        ("AWS/Lambda", metric, (("FunctionName", function_id),), stat)
+        for function_id in FUNCTIONS
+        for metric, stat in [("Errors", "Sum"), ("Throttles", "Sum"), ("Duration", "p99")]
+    ),
+    ("AWS/Lambda", "IteratorAge", (("FunctionName", "NotifierFunction"),), "Maximum"),
+    *(
+        ("AWS/ApiGateway", metric, (("ApiId", "OrdersApi"), ("Stage", "$default")), stat)
+        for metric, stat in [("Count", "Sum"), ("4xx", "Sum"), ("5xx", "Sum"), ("Latency", "p99")]
+    ),
+    *(
+        ("AWS/DynamoDB", metric, (("TableName", table_id),), "Sum")
+        for table_id in ("OrdersTable", "IdempotencyTable")
+        for metric in ("ReadThrottleEvents", "WriteThrottleEvents")
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def dashboard(template: Template) -> dict[str, Any]:
+    """The dashboard body, its !Sub resolved with stand-in names (see PhysicalNames)."""
+    resolver = Resolver(template, PhysicalNames(template).lookup)
+    body = resolver.resolve(properties(template, "OrdersDashboard")["DashboardBody"])
+    assert isinstance(body, str)
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed
+
+
+def widgets_of_type(dashboard: dict[str, Any], widget_type: str) -> list[dict[str, Any]]:
+    return [widget for widget in dashboard["widgets"] if widget["type"] == widget_type]
+
+
+def shown_metrics(
+    template: Template, dashboard: dict[str, Any]
+) -> set[tuple[str, str, tuple[tuple[str, str], ...], str]]:
+    """Every graphed metric, its dimension values mapped back to logical ids."""
+    names = PhysicalNames(template)
+    logical_ids = {
+        names.lookup(logical_id, attribute): logical_id
+        for logical_id in template.resources
+        for attribute in (None, "QueueName")
+    }
+    shown = set()
+    for widget in widgets_of_type(dashboard, "metric"):
+        for row in widget["properties"]["metrics"]:
+            options = row[-1] if isinstance(row[-1], dict) else {}
+            namespace, metric, *pairs = row[:-1] if options else row
+            dimensions = []
+            for name, value in zip(pairs[::2], pairs[1::2], strict=True):
+                resource_type = DIMENSION_TYPES[name]
+                if resource_type is not None:
+                    assert value in logical_ids, f"{metric}: {name}={value} is not a resource of this stack"
+                    value = logical_ids[value]
+                    assert template.resources[value]["Type"] == resource_type, f"{metric}: {name}={value}"
+                dimensions.append((name, value))
+            stat = options.get("stat", widget["properties"].get("stat"))
+            shown.add((namespace, metric, tuple(dimensions), stat))
+    return shown
+
+
+def test_dashboard_body_is_json_whose_metrics_name_this_stacks_resources(
+    template: Template, dashboard: dict[str, Any]
+) -> None:
+    # Given every metric the dashboard graphs (dimension values resolved, then mapped back)
+    shown = shown_metrics(template, dashboard)
+
+    # Then each names a resource of this stack, a service of the pipeline or the API's stage
+    for _, _, dimensions, _ in shown:
+        for name, value in dimensions:
+            if name == "service":
+                assert value in SERVICES
+            if name == "Stage":
+                assert value == "$default"
+    # And every graph reads the stack's own region
+    for widget in widgets_of_type(dashboard, "metric"):
+        assert widget["properties"]["region"] == REGION, widget["properties"]["title"]
+
+
+def test_dashboard_shows_orders_queues_functions_api_and_tables(
+    template: Template, dashboard: dict[str, Any]
+) -> None:
+    assert shown_metrics(template, dashboard) >= EXPECTED_DASHBOARD_METRICS
+
+
+def test_dashboard_shows_every_custom_metric_the_functions_emit(
+    template: Template, dashboard: dict[str, Any]
+) -> None:
+    # Given the Powertools metrics each step adds, under its service name
+    emitted = {(service, metric) for service in SERVICES for metric in emitted_metrics(service)}
+    variables = properties(template, "IngestFunction")["Environment"]["Variables"]
+
+    # When the dashboard's custom metrics are listed
+    custom = {
+        (dict(dimensions)["service"], metric)
+        for namespace, metric, dimensions, _ in shown_metrics(template, dashboard)
+        if namespace == variables["POWERTOOLS_METRICS_NAMESPACE"]
+    }
+
+    # Then they are exactly those: none missing, none that nothing emits
+    assert len(emitted) == 10
+    assert custom == emitted
+
+
+def test_dashboard_shows_the_state_of_every_alarm(template: Template, dashboard: dict[str, Any]) -> None:
+    names = PhysicalNames(template)
+    [alarm_widget] = widgets_of_type(dashboard, "alarm")
+
+    assert {names.owner(arn) for arn in alarm_widget["properties"]["alarms"]} == set(EXPECTED_ALARMS)
+
+
+def test_dashboard_widgets_fit_the_grid_without_overlapping(dashboard: dict[str, Any]) -> None:
+    cells: set[tuple[int, int]] = set()
+    for widget in dashboard["widgets"]:
+        x, y, width, height = (widget[key] for key in ("x", "y", "width", "height"))
+        assert x >= 0
+        assert x + width <= 24
+        area = {(column, row) for column in range(x, x + width) for row in range(y, y + height)}
+        assert not area & cells, widget
+        cells |= area
+
+
+def test_dashboard_is_named_per_stack_and_region_and_its_url_is_an_output(template: Template) -> None:
+    # Dashboards are global to the account: dev and prod, or two regions, must not share one.
+    assert properties(template, "OrdersDashboard")["DashboardName"] == {
+        "Fn::Sub": "${AWS::StackName}-${AWS::Region}"
+    }
+    resolver = Resolver(template, PhysicalNames(template).lookup)
+    url = resolver.resolve(template.outputs["DashboardUrl"]["Value"])
+    assert url == (
+        f"https://{REGION}.console.aws.amazon.com/cloudwatch/home?region={REGION}"
+        "#dashboards:name=orderpipe-OrdersDashboard"
+    )
 
 
 # --- Functions ----------------------------------------------------------------------------------
@@ -426,6 +610,8 @@ class PhysicalNames:
                 return f"{prefix}:{name}"
             case "AWS::Logs::LogGroup", "Arn":
                 return f"{prefix}:log-group:{name}:*"
+            case "AWS::CloudWatch::Alarm", "Arn":
+                return f"{prefix}:alarm:{name}"
             case _, "QueueName" | "TopicName" | None:
                 return name
         return f"{prefix}:{attribute}/{name}"
