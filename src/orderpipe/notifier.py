@@ -32,7 +32,6 @@ from pydantic import model_validator
 from orderpipe import resources
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.orders_table import StorageError
 from orderpipe.record_failures import failure_reason
 from orderpipe.support_email import render_support_emails
 
@@ -138,21 +137,18 @@ def _mark_notified(order_ids: Sequence[str]) -> None:
     if not order_ids:
         return
     metrics.add_metric(name="OrdersNotified", unit=MetricUnit.Count, value=len(order_ids))
-    now = datetime.now(UTC)
-    for order_id in order_ids:
+    result = resources.orders_table().mark_all_notified(order_ids, at=datetime.now(UTC))
+    for order_id in result.failed:
+        # Retrying the record would email the order a second time; leave it PLACED instead.
         logger.set_correlation_id(order_id)
-        try:
-            marked = resources.orders_table().mark_notified(order_id, at=now)
-        except StorageError:
-            # Retrying the record would email the order a second time; leave it PLACED instead.
-            metrics.add_metric(name="NotifiedOrdersNotMarked", unit=MetricUnit.Count, value=1)
-            logger.exception("Order announced but not marked NOTIFIED")
-            continue
-        if marked:
-            logger.info("Order announced and marked NOTIFIED")
-        else:
-            logger.warning("Order announced but was not PLACED (already NOTIFIED, or absent)")
+        logger.error("Order announced but not marked NOTIFIED")
+    if result.failed:
+        metrics.add_metric(name="NotifiedOrdersNotMarked", unit=MetricUnit.Count, value=len(result.failed))
+    for order_id in result.not_placed:
+        logger.set_correlation_id(order_id)
+        logger.warning("Order announced but was not PLACED (already NOTIFIED, or absent)")
     logger.set_correlation_id(None)
+    logger.info("Orders announced and marked NOTIFIED", extra={"order_ids": result.marked})
 
 
 def notify_support(event: dict[str, Any], context: LambdaContext | None = None) -> PartialItemFailureResponse:
