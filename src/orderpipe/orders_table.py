@@ -101,7 +101,6 @@ class OrdersTable:
             raise StorageError(f"could not mark order {order_id} notified") from error
         return True
 
-
     def mark_all_notified(self, order_ids: Sequence[str], at: datetime | None = None) -> MarkedOrders:
         """PLACED -> NOTIFIED for many orders, a transaction of up to 100 per request.
 

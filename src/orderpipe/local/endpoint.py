@@ -1,0 +1,294 @@
+"""The local AWS endpoint: moto in server mode, in a child process on a loopback port.
+
+A child process, so moto's CPU work (every SQS, DynamoDB and SNS call of the pipeline) does not
+compete with the API and the handlers for one GIL. The child binds the port itself (port 0
+picks a free one, without the race of probing for a free port first) and reports it on stdout;
+it exits when told to (SIGTERM) or when its parent goes away (stdin closes), so an endpoint
+never outlives the pipeline that started it.
+
+Run as `python -m orderpipe.local.endpoint --host H --port P`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any, Self
+
+DEFAULT_HOST = "127.0.0.1"
+_READY_PREFIX = "orderpipe-endpoint "
+_START_TIMEOUT_SECONDS = 30.0
+_STOP_TIMEOUT_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
+
+
+class EndpointError(RuntimeError):
+    """The endpoint did not start (port taken, moto missing) or stopped answering."""
+
+
+class AwsEndpoint:
+    """moto's server in a child process: `start()`, then `url`, then `stop()`.
+
+    `port=0` lets the child pick a free port. `log_path` receives the child's own output
+    (moto's warnings and tracebacks); per-request logging is off, it would cost moto's CPU.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = 0, log_path: Path | None = None) -> None:
+        self.host = host
+        self.requested_port = port
+        self.log_path = log_path
+        self.port: int | None = None
+        self._process: subprocess.Popen[str] | None = None
+        self._log_file: IO[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL for clients (a wildcard bind is reached through the loopback)."""
+        if self.port is None:
+            raise EndpointError("the endpoint is not started")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = _START_TIMEOUT_SECONDS) -> None:
+        """Launch the child and wait until it answers."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the child without waiting for it (do other work, then `wait_ready`)."""
+        if self._process is not None:
+            raise EndpointError("the endpoint is already started")
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = self.log_path.open("w", encoding="utf-8")
+        command = [
+            sys.executable,
+            "-m",
+            "orderpipe.local.endpoint",
+            "--host",
+            self.host,
+            "--port",
+            str(self.requested_port),
+        ]
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file if self._log_file is not None else subprocess.DEVNULL,
+            text=True,
+            # Ctrl-C in a terminal signals the whole foreground process group; the parent
+            # decides when the endpoint stops (after the pipeline drained), so keep it apart.
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = _START_TIMEOUT_SECONDS) -> None:
+        if self._process is None:
+            raise EndpointError("the endpoint is not launched")
+        try:
+            self.port = self._read_port(timeout)
+            self._wait_until_answering(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_port(self, timeout: float) -> int:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        deadline = time.monotonic() + timeout
+        stdout = self._process.stdout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = stdout.readline()
+            if not line:  # the child exited before it could bind
+                self._process.wait()
+                raise EndpointError(
+                    f"moto could not listen on {self.host}:{self.requested_port}"
+                    f" (exit code {self._process.returncode}){self._log_hint()}"
+                )
+            if line.startswith(_READY_PREFIX):
+                port: int = json.loads(line[len(_READY_PREFIX) :])["port"]
+                return port
+        raise EndpointError(f"moto did not start within {timeout:.0f} s{self._log_hint()}")
+
+    def _wait_until_answering(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2.0):
+                    return
+            except urllib.error.HTTPError:
+                return  # an HTTP answer of any kind: the server is up
+            except OSError as error:
+                if time.monotonic() > deadline or not self.running:
+                    raise EndpointError(f"moto does not answer on {self.url}: {error}") from error
+                time.sleep(0.05)
+
+    def _log_hint(self) -> str:
+        return f"; see {self.log_path}" if self.log_path is not None else ""
+
+    def stop(self, timeout: float = _STOP_TIMEOUT_SECONDS) -> None:
+        """Ask the child to exit (SIGTERM), wait, kill it if it does not. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("moto did not stop within %.0f s; killing it", timeout)
+                    process.kill()
+                    process.wait()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _serve(host: str, port: int) -> int:
+    """The child: run moto until SIGTERM/SIGINT or until stdin closes (the parent is gone)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    _speed_up_moto()
+
+    # What moto's ThreadedMotoServer does, with the socket bound here so a taken port is an
+    # error the parent sees instead of a thread that dies silently.
+    try:
+        server = make_server(
+            host,
+            port,
+            DomainDispatcherApplication(create_backend_app),
+            threaded=True,
+            request_handler=MotoRequestHandler,
+        )
+    except OSError as error:
+        print(f"cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        return 1
+    bound_port = server.socket.getsockname()[1]
+    serving = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="moto", daemon=True
+    )
+    serving.start()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(_READY_PREFIX + json.dumps({"port": bound_port, "pid": os.getpid()}), flush=True)
+    try:
+        sys.stdin.read()  # returns at EOF: the parent closed the pipe or exited
+    except SystemExit:
+        pass
+    finally:
+        server.shutdown()
+        serving.join()
+        server.server_close()
+    # Nothing of moto's state outlives it; skip tearing down the interpreter's modules.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _speed_up_moto() -> None:
+    """Shortcuts past moto's slowest code paths, for the calls the pipeline makes all the time.
+
+    Both change how fast moto answers, not what: tests/integration/test_local_endpoint.py checks
+    that the answers are the ones moto would give.
+    """
+    from moto import backends
+    from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+    from moto.sqs import models as sqs_models
+
+    # moto's server lists its package folder on every request to route it (about a millisecond
+    # of stat calls); the folder does not change while it runs.
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
+    # GetRecords goes through moto's model-driven serializer at some 2.5 ms a record, so reading
+    # a busy stream would take more CPU than everything else together. The records are kept in
+    # wire format already; only their timestamps and binary values need encoding.
+    DynamoDBStreamsHandler.get_records = _get_records  # type: ignore[method-assign,assignment]
+
+    # SQS checks every message of a queue for visibility on each send, receive and attribute
+    # read, asking for the time through three datetime conversions each time: some 20 us a
+    # message, so 20 ms a call once a thousand messages wait. The clock itself is the same.
+    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
+
+
+def _get_records(self: Any) -> tuple[str, dict[str, str]]:
+    limit = self._get_param("Limit")
+    result = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
+    return json.dumps(result, default=_wire_value), {"Content-Type": "application/x-amz-json-1.0"}
+
+
+def unix_time_millis(dt: datetime | None = None) -> float:
+    """moto's `unix_time_millis` (milliseconds since the epoch, of a naive UTC datetime or now)."""
+    if dt is None:
+        return time.time() * 1000.0
+    return (dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt).timestamp() * 1000.0
+
+
+def _wire_value(value: object) -> object:
+    """JSON protocol encodings, as moto's serializer writes them: epoch seconds (to the
+    millisecond, rounded down) and base64."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return math.floor(moment.timestamp() * 1000) / 1000
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orderpipe.local.endpoint", description=__doc__)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    return _serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

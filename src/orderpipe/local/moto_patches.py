@@ -1,0 +1,220 @@
+"""Fixes to moto's SQS for the local endpoint: no lost messages under concurrent requests, and speed.
+
+Apply once in the process that runs moto's server, before it serves (`apply_moto_patches()`).
+
+1. moto's `Queue.delete_message` rebuilds the queue's message list without a lock. Two deletes
+   at once undo each other (the "deleted" message comes back after its visibility timeout),
+   and a SendMessage landing meanwhile is lost although it was answered 200: measured, 38 of
+   1,000 sends made while eight threads deleted. Receives, deletes and visibility changes
+   here take the queue's own lock, the one moto's SendMessage already takes (its long poll
+   releases it while it waits). Concurrent receives then no longer hand out the same message
+   twice either.
+2. Every received message re-read all the queue's attributes (a retention check), each
+   counting the queue's messages three times: receiving ten messages cost 90 scans of the
+   queue, in-flight messages included (0.09 s at 100 messages, 0.8 s at 1,000). It now reads
+   the retention period alone.
+3. moto's clock builds datetimes to read the time, and the SQS model reads it for every
+   message on every scan; it now reads `time.time()`.
+
+4. moto's TransactWriteItems deep-copies the whole table once per item of the transaction (a
+   100-update transaction on a 2,000-order table took 10.7 s) and, when the transaction is
+   cancelled, puts the copies back in place of the tables: writes other clients made
+   meanwhile are lost, and the table's stream becomes a new object, so every shard iterator
+   already handed out reads the old one forever (a stream consumer stalls) after seeing the
+   cancelled transaction's writes. It now checks every condition first and writes only if all
+   hold, as DynamoDB does, with no copies.
+5. Two writes at once could give two stream records the same sequence number; appending to
+   a table's stream takes a lock.
+6. The server looked up which service a request is for by listing moto's package folder on
+   disk (some 200 `stat` calls, 1.6 ms), and listed the handler's methods, on every request;
+   both lists are now made once.
+7. moto 5.2 answers GetRecords through its generic shape-walking serializer, about 3 ms per
+   stream record (a 100-record batch took 0.3 s of moto's CPU, every poll of every reader).
+   The records are already in their JSON wire form, so they are dumped as JSON directly, as
+   moto did before.
+
+None of this changes what a client sees, only that it stays true under load.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+_applied = False
+_apply_lock = threading.Lock()
+
+
+def apply_moto_patches() -> None:
+    """Patch moto's SQS model in this process (idempotent)."""
+    global _applied
+    with _apply_lock:
+        if _applied:
+            return
+        _patch_server()
+        _patch_sqs()
+        _patch_dynamodb()
+        _applied = True
+
+
+def _patch_server() -> None:
+    from moto import backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
+    from moto.core import responses
+
+    # Every request listed its handler class's methods (inspect.getmembers) to find the action.
+    responses.method_names_from_class = functools.cache(responses.method_names_from_class)  # type: ignore[attr-defined]
+
+
+def _patch_sqs() -> None:
+    from moto.core import utils as moto_utils
+    from moto.sqs import models as sqs_models
+
+    original_unix_time = moto_utils.unix_time
+
+    def unix_time(dt: datetime | None = None) -> float:
+        return time.time() if dt is None else original_unix_time(dt)
+
+    def unix_time_millis(dt: datetime | None = None) -> float:
+        return unix_time(dt) * 1000.0
+
+    setattr(sqs_models, "unix_time", unix_time)  # noqa: B010 - the model imported them by name
+    setattr(sqs_models, "unix_time_millis", unix_time_millis)  # noqa: B010
+    # Queue.attributes turns the same dozen attribute names into snake case on every call.
+    to_snake_case = functools.cache(getattr(sqs_models, "camelcase_to_underscores"))  # noqa: B009
+    setattr(sqs_models, "camelcase_to_underscores", to_snake_case)  # noqa: B010
+
+    def is_message_valid_based_on_retention_period(self: Any, queue_name: str, message: Any) -> bool:
+        queue = self.get_queue(queue_name)
+        retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000
+        return bool(retain_until > time.time())
+
+    backend = sqs_models.SQSBackend
+    backend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
+
+    queue_class = sqs_models.Queue
+    queue_class.delete_message = _holding_queue_lock(queue_class.delete_message, _the_queue)  # type: ignore[method-assign]
+    for name in ("receive_message", "change_message_visibility", "purge_queue"):
+        setattr(backend, name, _holding_queue_lock(getattr(backend, name), _named_queue))
+
+
+def _the_queue(queue: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return queue
+
+
+def _named_queue(backend: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return backend.get_queue(kwargs["queue_name"] if "queue_name" in kwargs else args[0])
+
+
+def _holding_queue_lock(method: Callable[..., Any], queue_of: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with queue_of(self, args, kwargs)._messages_lock:  # a Condition over an RLock
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _patch_dynamodb() -> None:
+    from moto.dynamodb import models as dynamodb_models
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+    from moto.dynamodb.models.table import StreamShard
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        """All conditions first, then the writes: nothing is written unless all hold."""
+        if len(transact_items) > 100:
+            raise TooManyTransactionsException()
+        targets: set[tuple[str, str]] = set()
+        errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+        writes: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        for item in transact_items:
+            if len(item) > 1:
+                raise TransactWriteSingleOpException
+            op_type, op = next(iter(item.items()))
+            current_item: dict[str, Any] | None = None
+            try:
+                if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                    raise ValueError("Unsupported transaction operation")
+                table_name = op["TableName"]
+                if op_type == "Put":
+                    table = self.get_table(table_name)
+                    key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                    if table.range_key_attr is not None:
+                        key[table.range_key_attr] = op["Item"][table.range_key_attr]
+                else:
+                    key = op["Key"]
+                target = (str(table_name), str(dict(sorted(key.items()))))
+                if target in targets:
+                    raise MultipleTransactionsException()
+                targets.add(target)
+                current = self.get_item(table_name, key)
+                condition = op.get("ConditionExpression")
+                if condition is not None:
+                    check = get_filter_expression(
+                        condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                    )
+                    if not check.expr(current):
+                        if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                            current_item = current.to_json()["Attributes"]
+                        raise ConditionalCheckFailed(item=current_item)
+                if op_type != "ConditionCheck":
+                    writes.append((op_type, op, key))
+                errors.append((None, None, None))
+            except (MultipleTransactionsException, MockValidationException):
+                raise
+            except ConditionalCheckFailed as error:
+                errors.append(("ConditionalCheckFailed", str(error.message), current_item))
+            except Exception as error:
+                errors.append((type(error).__name__, str(error), current_item))
+        if any(code is not None for code, _, _ in errors):
+            raise TransactionCanceledException(errors)
+        for op_type, op, key in writes:
+            common = {
+                "condition_expression": op.get("ConditionExpression"),
+                "expression_attribute_names": op.get("ExpressionAttributeNames"),
+                "expression_attribute_values": op.get("ExpressionAttributeValues"),
+            }
+            if op_type == "Put":
+                self.put_item(op["TableName"], op["Item"], **common)
+            elif op_type == "Delete":
+                self.delete_item(op["TableName"], key, **common)
+            else:
+                self.update_item(op["TableName"], key, update_expression=op["UpdateExpression"], **common)
+
+    backend = dynamodb_models.DynamoDBBackend
+    backend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+    stream_lock = threading.Lock()
+    original_add = StreamShard.add
+
+    @functools.wraps(original_add)
+    def add(self: Any, *args: Any, **kwargs: Any) -> None:
+        with stream_lock:
+            original_add(self, *args, **kwargs)
+
+    StreamShard.add = add  # type: ignore[method-assign]
+
+    from moto.dynamodb.models.utilities import dynamo_json_dump
+    from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+
+    def get_records(self: Any) -> str:
+        limit = self._get_param("Limit")
+        records = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
+        return str(dynamo_json_dump(records))
+
+    DynamoDBStreamsHandler.get_records = get_records  # type: ignore[method-assign,assignment]

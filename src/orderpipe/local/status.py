@@ -1,0 +1,160 @@
+"""What the status line of `orderpipe local` shows, asked of the AWS endpoint itself.
+
+Stored and notified orders are counted from OrdersTable's stream: the writer's conditional put
+makes exactly one INSERT per order, and the notifier's conditional update (PLACED -> NOTIFIED)
+exactly one MODIFY whose new image is NOTIFIED. That stays exact whatever is redelivered or
+retried, and costs one GetRecords call a second. Queue depths come from GetQueueAttributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from orderpipe.models import OrderStatus
+from orderpipe.stack.provision import Stack
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+
+log = logging.getLogger(__name__)
+
+_QUEUE_DEPTH_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
+@dataclass
+class PipelineStatus:
+    accepted: int = 0
+    queued: int = 0
+    stored: int = 0
+    notified: int = 0
+    emails: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        parts = [
+            f"accepted {self.accepted}",
+            f"queued {self.queued}",
+            f"stored {self.stored}",
+            f"notified {self.notified}",
+            f"emails {self.emails}",
+            *(f"{name} {count}" for name, count in self.dead_letters.items()),
+        ]
+        return " | ".join(parts)
+
+
+class StreamCounter:
+    """Reads a table's stream from its oldest record and counts new and notified orders."""
+
+    def __init__(self, client: DynamoDBStreamsClient, stream_arn: str) -> None:
+        self.client = client
+        self.stream_arn = stream_arn
+        self.inserted = 0
+        self.notified = 0
+        self._iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: closed)
+
+    def refresh(self, max_calls: int = 20) -> None:
+        shards = self.client.describe_stream(StreamArn=self.stream_arn)["StreamDescription"].get("Shards", [])
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            if shard_id not in self._iterators:
+                self._iterators[shard_id] = self.client.get_shard_iterator(
+                    StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+        for shard_id, iterator in self._iterators.items():
+            calls = 0
+            while iterator is not None and calls < max_calls:
+                response = self.client.get_records(ShardIterator=iterator, Limit=1000)
+                calls += 1
+                self._count(response["Records"])
+                iterator = response.get("NextShardIterator")
+                if not response["Records"]:
+                    break
+            self._iterators[shard_id] = iterator
+
+    def _count(self, records: list[Any]) -> None:
+        for record in records:
+            if record["eventName"] == "INSERT":
+                self.inserted += 1
+            elif record["eventName"] == "MODIFY":
+                status = record.get("dynamodb", {}).get("NewImage", {}).get("status", {}).get("S")
+                if status == OrderStatus.NOTIFIED.value:
+                    self.notified += 1
+
+
+class PipelineMonitor:
+    """Counts for the status line: queue depths, dead letters, stored and notified orders."""
+
+    def __init__(self, stack: Stack, endpoint_url: str) -> None:
+        session = boto3.session.Session(region_name=stack.template.region)
+        # A status line is no reason to wait: no retries, short timeouts.
+        config = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10)
+        self.sqs: SQSClient = session.client("sqs", endpoint_url=endpoint_url, config=config)
+        streams: DynamoDBStreamsClient = session.client(
+            "dynamodbstreams", endpoint_url=endpoint_url, config=config
+        )
+        self.source_queues: dict[str, str] = {}
+        self.dead_letter_queues: dict[str, str] = {}
+        stream_arns: list[str] = []
+        for logical_id in stack.template.resources_of_type("AWS::SQS::Queue"):
+            redrive = stack.resolve(
+                stack.template.resources[logical_id].get("Properties", {}).get("RedrivePolicy", {})
+            )
+            if target := redrive.get("deadLetterTargetArn"):
+                dlq = stack.logical_id_of(target)
+                self.dead_letter_queues[dlq] = stack.ref(dlq)
+        for function_id in stack.functions():
+            for mapping in stack.event_source_mappings(function_id):
+                source = stack.logical_id_of(mapping["EventSourceArn"])
+                if ":sqs:" in mapping["EventSourceArn"]:
+                    self.source_queues[source] = stack.ref(source)
+                elif ":dynamodb:" in mapping["EventSourceArn"]:
+                    stream_arns.append(mapping["EventSourceArn"])
+                destination = mapping.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+                if destination and ":sqs:" in destination:
+                    dlq = stack.logical_id_of(destination)
+                    self.dead_letter_queues[dlq] = stack.ref(dlq)
+        self.stream_counters = [StreamCounter(streams, arn) for arn in stream_arns]
+        self._last = PipelineStatus(dead_letters=dict.fromkeys(self.dead_letter_queues, 0))
+
+    def queue_depth(self, queue_url: str) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=list(_QUEUE_DEPTH_ATTRIBUTES),
+        )["Attributes"]
+        return sum(int(attributes.get(name) or 0) for name in _QUEUE_DEPTH_ATTRIBUTES)
+
+    def status(self, accepted: int, emails: int) -> PipelineStatus:
+        """The counts now; the last known ones where the endpoint does not answer."""
+        status = PipelineStatus(
+            accepted=accepted,
+            emails=emails,
+            queued=self._last.queued,
+            stored=self._last.stored,
+            notified=self._last.notified,
+            dead_letters=dict(self._last.dead_letters),
+        )
+        try:
+            status.queued = sum(self.queue_depth(url) for url in self.source_queues.values())
+            for name, url in self.dead_letter_queues.items():
+                status.dead_letters[name] = self.queue_depth(url)
+            for counter in self.stream_counters:
+                counter.refresh()
+            if self.stream_counters:
+                status.stored = sum(counter.inserted for counter in self.stream_counters)
+                status.notified = sum(counter.notified for counter in self.stream_counters)
+        except (BotoCoreError, ClientError) as error:
+            log.debug("status not refreshed: %s", error)
+        self._last = status
+        return status

@@ -1,0 +1,186 @@
+"""`orderpipe local` as a subprocess on free ports, reached over HTTP only."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+
+from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sqs import SQSClient
+
+START_TIMEOUT_SECONDS = 60.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll until `condition()` is truthy and return it; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {condition.__doc__ or condition}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Email:
+    path: Path
+    to: str
+    subject: str
+    body: str
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def orderpipe_command() -> list[str]:
+    """The installed console script, as `make run` starts it."""
+    script = Path(sys.executable).parent / "orderpipe"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "orderpipe.cli"]
+
+
+@dataclass
+class RunningPipeline:
+    process: subprocess.Popen[bytes]
+    api_url: str
+    endpoint_url: str
+    outbox: Path
+    state: dict[str, Any]
+    output: Path
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        """One HTTP request to the local API: (status, headers, JSON body or text)."""
+        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+        request = urllib.request.Request(self.api_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, response_headers, raw = response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            status, response_headers, raw = error.code, dict(error.headers), error.read()
+        try:
+            return status, response_headers, json.loads(raw)
+        except ValueError:
+            return status, response_headers, raw.decode(errors="replace")
+
+    def _session(self) -> boto3.session.Session:
+        return boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.state["region"]
+        )
+
+    def sqs(self) -> SQSClient:
+        """An SQS client of the pipeline's AWS endpoint."""
+        return self._session().client("sqs", endpoint_url=self.endpoint_url)
+
+    def dynamodb(self) -> DynamoDBClient:
+        """A DynamoDB client of the pipeline's AWS endpoint."""
+        return self._session().client("dynamodb", endpoint_url=self.endpoint_url)
+
+    def resource(self, logical_id: str) -> str:
+        """The physical name, URL or ARN of one of the template's resources."""
+        ref: str = self.state["resources"][logical_id]["ref"]
+        return ref
+
+    def emails(self) -> list[Email]:
+        """The outbox, oldest first."""
+        emails = []
+        for path in sorted(self.outbox.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            body = message.get_body(preferencelist=("plain",))
+            text = body.get_content() if body is not None else ""
+            emails.append(Email(path, str(message["To"]), str(message["Subject"]), text))
+        return emails
+
+    def order_status(self, order_id: str) -> str | int:
+        """The order's status, or the HTTP status when there is none (404)."""
+        status, _, body = self.request("GET", f"/orders/{order_id}")
+        return str(body["status"]) if status == 200 else status
+
+    def terminate(self, timeout: float = 90.0) -> int:
+        """SIGTERM, then the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def console(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
+    state_file = tmp_path / "state.json"
+    outbox = tmp_path / "outbox"
+    output = tmp_path / "console.txt"
+    port = free_port()
+    command = [
+        *orderpipe_command(),
+        "local",
+        "--port",
+        str(port),
+        "--aws-port",
+        "0",
+        "--outbox",
+        str(outbox),
+        "--log-file",
+        str(tmp_path / "functions.log"),
+        "--state-file",
+        str(state_file),
+        *extra_args,
+    ]
+    with output.open("wb") as console:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"orderpipe local did not start:\n{output.read_text(errors='replace')}")
+        time.sleep(0.1)
+    state = json.loads(state_file.read_text())
+    return RunningPipeline(process, state["api_url"], state["endpoint_url"], outbox, state, output)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[RunningPipeline]:
+    """A running `orderpipe local`; stopped (SIGTERM, then SIGKILL) after the test."""
+    running = start_pipeline(tmp_path)
+    yield running
+    if running.process.poll() is None:
+        running.process.send_signal(signal.SIGTERM)
+        try:
+            running.process.wait(60)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait()

@@ -1,0 +1,229 @@
+"""The local AWS endpoint: moto's server in a child process, provisioned from the template over HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from datetime import datetime
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.core.utils import unix_time_millis as moto_unix_time_millis
+from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+
+from orderpipe.local import endpoint as endpoint_module
+from orderpipe.local.config import LOCAL_STACK_NAME, LOCAL_SUPPORT_EMAIL, PipelineConfig, load_local_template
+from orderpipe.local.endpoint import AwsEndpoint, EndpointError
+from orderpipe.local.environment import sam_env_vars
+from orderpipe.local.state import find_stack
+from orderpipe.local.status import PipelineMonitor
+from orderpipe.stack.provision import Stack, provision_stack
+from orderpipe.stack.template import Template
+from tests.conftest import EVENTS, ROOT
+
+DOCKER_ENDPOINT = "http://host.docker.internal:4566"
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[AwsEndpoint]:
+    with AwsEndpoint(port=0) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return load_local_template(PipelineConfig(root=ROOT))
+
+
+@pytest.fixture(scope="module")
+def stack(endpoint: AwsEndpoint, template: Template) -> Stack:
+    return provision_stack(template, endpoint_url=endpoint.url)
+
+
+def test_the_endpoint_answers_on_a_loopback_port(endpoint: AwsEndpoint) -> None:
+    assert endpoint.running
+    assert endpoint.url.startswith("http://127.0.0.1:")
+    sqs = boto3.client("sqs", endpoint_url=endpoint.url, region_name="us-east-1")
+    assert "QueueUrls" not in sqs.list_queues(QueueNamePrefix="nothing-here")
+
+
+def test_the_template_is_provisioned_over_http(endpoint: AwsEndpoint, stack: Stack) -> None:
+    # Given the stack provisioned against the endpoint (fixture)
+    sqs = boto3.client("sqs", endpoint_url=endpoint.url, region_name="us-east-1")
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint.url, region_name="us-east-1")
+    sns = boto3.client("sns", endpoint_url=endpoint.url, region_name="us-east-1")
+
+    # Then its resources exist there under deterministic names
+    queue = sqs.get_queue_url(QueueName=f"{LOCAL_STACK_NAME}-OrdersQueue")["QueueUrl"]
+    assert queue == stack.ref("OrdersQueue")
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"][
+            "RedrivePolicy"
+        ]
+    )
+    assert redrive["deadLetterTargetArn"] == stack.attribute("OrdersDLQ", "Arn")
+    table = dynamodb.describe_table(TableName=f"{LOCAL_STACK_NAME}-OrdersTable")["Table"]
+    assert table["StreamSpecification"]["StreamViewType"] == "NEW_IMAGE"
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=stack.ref("OrdersTopic"))["Subscriptions"]
+    assert [(s["Protocol"], s["Endpoint"]) for s in subscriptions] == [("email", LOCAL_SUPPORT_EMAIL)]
+
+
+def test_resources_are_found_again_by_name(endpoint: AwsEndpoint, stack: Stack, template: Template) -> None:
+    found = find_stack(template, endpoint.url)
+
+    for logical_id in (
+        "OrdersQueue",
+        "OrdersDLQ",
+        "NotifierDLQ",
+        "OrdersTable",
+        "IdempotencyTable",
+        "OrdersTopic",
+    ):
+        assert found.ref(logical_id) == stack.ref(logical_id)
+    assert found.attribute("OrdersTable", "StreamArn") == stack.attribute("OrdersTable", "StreamArn")
+    assert found.function_environment("IngestFunction") == stack.function_environment("IngestFunction")
+
+
+def test_env_local_json_names_the_resources_orderpipe_local_creates(
+    endpoint: AwsEndpoint, stack: Stack
+) -> None:
+    # Given the `sam local --env-vars` file of the repository
+    committed = json.loads((EVENTS / "env.local.json").read_text())
+
+    # When the file is derived from the resources provisioned here, as containers reach them
+    derived = sam_env_vars(stack, endpoint.url, DOCKER_ENDPOINT)
+
+    # Then they are the same: `sam local` functions and `orderpipe local` share one set of resources
+    assert committed == derived
+
+
+def test_the_monitor_counts_stored_and_notified_orders_from_the_stream(
+    endpoint: AwsEndpoint, stack: Stack
+) -> None:
+    # Given two orders stored, one of them then marked NOTIFIED
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint.url, region_name="us-east-1")
+    table = stack.ref("OrdersTable")
+    for order_id in ("order-1", "order-2"):
+        dynamodb.put_item(TableName=table, Item={"orderId": {"S": order_id}, "status": {"S": "PLACED"}})
+    dynamodb.update_item(
+        TableName=table,
+        Key={"orderId": {"S": "order-1"}},
+        UpdateExpression="SET #s = :n",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":n": {"S": "NOTIFIED"}},
+    )
+    sqs = boto3.client("sqs", endpoint_url=endpoint.url, region_name="us-east-1")
+    sqs.send_message(QueueUrl=stack.ref("OrdersQueue"), MessageBody="{}")
+    sqs.send_message(QueueUrl=stack.ref("NotifierDLQ"), MessageBody="{}")
+
+    # When the monitor reads the endpoint
+    status = PipelineMonitor(stack, endpoint.url).status(accepted=2, emails=1)
+
+    # Then it counts them, the queued message, and the dead letter, in pipeline order
+    assert (status.stored, status.notified, status.queued) == (2, 1, 1)
+    assert status.dead_letters == {"OrdersDLQ": 0, "NotifierDLQ": 1}
+    assert status.line() == (
+        "accepted 2 | queued 1 | stored 2 | notified 1 | emails 1 | OrdersDLQ 0 | NotifierDLQ 1"
+    )
+
+
+def test_a_taken_port_is_an_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(EndpointError, match=f"could not listen on 127.0.0.1:{port}"):
+            AwsEndpoint(port=port).start()
+
+
+def test_stop_ends_the_process_and_frees_the_port() -> None:
+    # Given a running endpoint
+    endpoint = AwsEndpoint(port=0)
+    endpoint.start()
+    process, port = endpoint._process, endpoint.port
+    assert process is not None
+
+    # When it is stopped
+    endpoint.stop()
+
+    # Then the child exited on SIGTERM with status 0 and the port is free again
+    assert process.returncode == 0
+    assert not endpoint.running
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port or 0))
+
+
+def test_the_endpoint_exits_when_its_parent_goes_away() -> None:
+    # Given a running endpoint
+    endpoint = AwsEndpoint(port=0)
+    endpoint.start()
+    process = endpoint._process
+    assert process is not None
+    assert process.stdin is not None
+
+    # When the pipe from its parent closes (as when the parent dies)
+    process.stdin.close()
+
+    # Then it exits by itself
+    assert process.wait(timeout=10) == 0
+    endpoint.stop()
+
+
+def test_the_endpoints_fast_get_records_answers_what_moto_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a stream holding inserts, a modification and a removal of items of every attribute type
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        stream_arn = dynamodb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+        )["TableDescription"]["LatestStreamArn"]
+        for key in ("a", "b"):
+            dynamodb.put_item(
+                TableName="t",
+                Item={
+                    "k": {"S": key},
+                    "n": {"N": "12.50"},
+                    "b": {"B": b"\x00\x01"},
+                    "bs": {"BS": [b"\x02"]},
+                    "ss": {"SS": ["x", "y"]},
+                    "ns": {"NS": ["1", "2"]},
+                    "l": {"L": [{"BOOL": True}, {"NULL": True}, {"M": {"s": {"S": "Zoë"}}}]},
+                },
+            )
+        dynamodb.update_item(
+            TableName="t",
+            Key={"k": {"S": "a"}},
+            UpdateExpression="SET #s = :s",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":s": {"S": "NOTIFIED"}},
+        )
+        dynamodb.delete_item(TableName="t", Key={"k": {"S": "b"}})
+        shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+
+        # When the records are read through moto's serializer and through the endpoint's shortcut
+        by_moto = streams.get_records(ShardIterator=iterator, Limit=10)
+        monkeypatch.setattr(DynamoDBStreamsHandler, "get_records", endpoint_module._get_records)
+        by_shortcut = streams.get_records(ShardIterator=iterator, Limit=10)
+
+    # Then a client sees the same records
+    assert [record["eventName"] for record in by_moto["Records"]] == ["INSERT", "INSERT", "MODIFY", "REMOVE"]
+    assert by_shortcut["Records"] == by_moto["Records"]
+
+
+def test_the_endpoints_sqs_clock_is_motos() -> None:
+    # Given a moment as moto keeps them (naive UTC)
+    moment = datetime(2025, 11, 22, 3, 20, 15, 123000)
+
+    # Then the endpoint's shortcut tells the same milliseconds, for it and for now
+    assert endpoint_module.unix_time_millis(moment) == moto_unix_time_millis(moment)
+    assert abs(endpoint_module.unix_time_millis() - moto_unix_time_millis()) < 50

@@ -1,0 +1,413 @@
+"""The local HTTP API: routes from the template, requests as payload 2.0 events, API Gateway's own answers."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from orderpipe.local.api import (
+    PAYLOAD_LIMIT_BYTES,
+    HttpApi,
+    HttpRequest,
+    InvalidProxyResponse,
+    LocalHttpApi,
+    Route,
+    build_event,
+    from_proxy_response,
+    http_api_from_template,
+)
+from orderpipe.local.functions import LocalFunction
+from orderpipe.stack.template import TemplateError, load_template
+from tests.conftest import ROOT, load_event
+
+ORDER_BODY = load_event("ingest-post-order.json")["body"]
+API = HttpApi(
+    logical_id="OrdersApi",
+    api_id="abcdef1234",
+    stage="$default",
+    routes=(
+        Route("POST", "/orders", "IngestFunction"),
+        Route("GET", "/orders/{orderId}", "IngestFunction"),
+    ),
+)
+
+
+def post(body: bytes = ORDER_BODY.encode(), headers: dict[str, str] | None = None) -> HttpRequest:
+    fields = {"Host": "127.0.0.1:3000", "Content-Type": "application/json", "User-Agent": "curl/8.5.0"}
+    fields |= headers or {}
+    return HttpRequest("POST", "/orders", tuple(fields.items()), body, source_ip="127.0.0.1", port=3000)
+
+
+# --- Routes ------------------------------------------------------------------------------------
+
+
+def test_routes_are_those_the_template_declares() -> None:
+    # Given the SAM-transformed template
+    template = load_template(ROOT / "template.yaml")
+
+    # When its HTTP API is read
+    api = http_api_from_template(template)
+
+    # Then every route goes to the function its event names, with payload format 2.0
+    assert api.logical_id == "OrdersApi"
+    assert api.stage == "$default"
+    assert {(route.route_key, route.function_id) for route in api.routes} == {
+        ("POST /orders", "IngestFunction"),
+        ("GET /orders/{orderId}", "IngestFunction"),
+    }
+    assert {route.payload_format_version for route in api.routes} == {"2.0"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route_key", "parameters"),
+    [
+        ("POST", "/orders", "POST /orders", {}),
+        ("GET", "/orders/7c9e6679", "GET /orders/{orderId}", {"orderId": "7c9e6679"}),
+        ("GET", "/orders/a%20b", "GET /orders/{orderId}", {"orderId": "a b"}),
+    ],
+)
+def test_a_request_finds_its_route_and_path_parameters(
+    method: str, path: str, route_key: str, parameters: dict[str, str]
+) -> None:
+    found = API.find_route(method, path)
+
+    assert found is not None
+    route, values = found
+    assert route.route_key == route_key
+    assert values == parameters
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/orders"),
+        ("DELETE", "/orders/1"),
+        ("GET", "/orders/1/items"),
+        ("POST", "/"),
+        ("GET", "/orders/"),
+    ],
+)
+def test_a_request_no_route_declares_finds_none(method: str, path: str) -> None:
+    assert API.find_route(method, path) is None
+
+
+def test_the_most_specific_route_wins() -> None:
+    # Given routes that overlap, as API Gateway allows
+    api = HttpApi(
+        "Api",
+        "id",
+        "$default",
+        (
+            Route("ANY", "$default", "Fallback"),
+            Route("ANY", "/{proxy+}", "Greedy"),
+            Route("GET", "/orders/{orderId}", "ById"),
+            Route("ANY", "/orders/latest", "AnyLatest"),
+            Route("GET", "/orders/latest", "GetLatest"),
+        ),
+    )
+
+    def target(method: str, path: str) -> str:
+        found = api.find_route(method, path)
+        assert found is not None
+        return found[0].function_id
+
+    # Then literal beats parameter beats greedy beats $default, and a method beats ANY
+    assert target("GET", "/orders/latest") == "GetLatest"
+    assert target("PUT", "/orders/latest") == "AnyLatest"
+    assert target("GET", "/orders/42") == "ById"
+    assert target("GET", "/orders/42/items") == "Greedy"
+    assert target("GET", "/") == "Fallback"
+
+
+# --- Request -> payload 2.0 event --------------------------------------------------------------
+
+
+def test_a_post_becomes_the_event_api_gateway_sends() -> None:
+    # Given a JSON POST
+    request = post(headers={"Idempotency-Key": "k-1"})
+
+    # When it is translated for POST /orders
+    event = build_event(API, API.routes[0], {}, request, request_id="Tq3mXgHNoAMEbPw=", now=1763781615.123)
+
+    # Then it has the fields and shape of the fixture API Gateway would send
+    fixture = load_event("ingest-post-order.json")
+    assert set(event) == set(fixture)
+    assert set(event["requestContext"]) == set(fixture["requestContext"])
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "POST /orders"
+    assert event["rawPath"] == "/orders"
+    assert event["rawQueryString"] == ""
+    assert event["body"] == ORDER_BODY
+    assert event["isBase64Encoded"] is False
+    assert event["headers"]["content-type"] == "application/json"
+    assert event["headers"]["idempotency-key"] == "k-1"
+    assert event["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert event["headers"]["x-amzn-trace-id"].startswith("Root=1-")
+    context = event["requestContext"]
+    assert context["http"] == {
+        "method": "POST",
+        "path": "/orders",
+        "protocol": "HTTP/1.1",
+        "sourceIp": "127.0.0.1",
+        "userAgent": "curl/8.5.0",
+    }
+    assert context["routeKey"] == "POST /orders"
+    assert context["stage"] == "$default"
+    assert context["requestId"] == "Tq3mXgHNoAMEbPw="
+    assert context["time"] == "22/Nov/2025:03:20:15 +0000"
+    assert context["timeEpoch"] == 1763781615123
+    assert context["apiId"] == "abcdef1234"
+    assert context["accountId"] == "123456789012"
+
+
+def test_a_get_has_path_parameters_and_no_body() -> None:
+    request = HttpRequest("GET", "/orders/7c9e6679", (("Host", "localhost:3000"),))
+
+    event = build_event(API, API.routes[1], {"orderId": "7c9e6679"}, request)
+
+    assert event["routeKey"] == "GET /orders/{orderId}"
+    assert event["pathParameters"] == {"orderId": "7c9e6679"}
+    assert "body" not in event
+    assert event["isBase64Encoded"] is False
+    assert "queryStringParameters" not in event
+    assert "cookies" not in event
+
+
+def test_headers_are_lower_cased_and_repeated_ones_joined_with_commas() -> None:
+    request = HttpRequest(
+        "GET",
+        "/orders/1?a=1&a=2&b=x%20y&c=",
+        (
+            ("Accept", "text/plain"),
+            ("ACCEPT", "application/json"),
+            ("Cookie", "s=1; theme=dark"),
+            ("Cookie", "x=2"),
+        ),
+    )
+
+    event = build_event(API, API.routes[1], {"orderId": "1"}, request)
+
+    assert event["headers"]["accept"] == "text/plain,application/json"
+    assert "cookie" not in event["headers"]
+    assert event["cookies"] == ["s=1", "theme=dark", "x=2"]
+    assert event["rawQueryString"] == "a=1&a=2&b=x%20y&c="
+    assert event["queryStringParameters"] == {"a": "1,2", "b": "x y", "c": ""}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "encoded"),
+    [
+        ("application/json", b'{"a": 1}', False),
+        ("application/json; charset=utf-8", '{"name": "Zoë"}'.encode(), False),
+        ("text/plain", b"hello", False),
+        ("application/octet-stream", b"\x00\x01", True),
+        ("image/png", b"\x89PNG", True),
+        ("application/json", b"\xff\xfe not utf-8", True),
+        ("application/json; charset=latin-1", b"caf\xe9", True),
+    ],
+)
+def test_a_body_that_is_not_text_is_base64_encoded(content_type: str, body: bytes, encoded: bool) -> None:
+    event = build_event(API, API.routes[0], {}, post(body, {"Content-Type": content_type}))
+
+    assert event["isBase64Encoded"] is encoded
+    decoded = base64.b64decode(event["body"]) if encoded else event["body"].encode()
+    assert decoded == body
+
+
+# --- Lambda proxy response -> HTTP response ------------------------------------------------------
+
+
+def test_a_proxy_response_becomes_the_http_response() -> None:
+    response = from_proxy_response(
+        {
+            "statusCode": 202,
+            "headers": {"Content-Type": "application/json", "Location": "/orders/1"},
+            "cookies": ["a=1; Path=/"],
+            "body": '{"orderId": "1"}',
+            "isBase64Encoded": False,
+        }
+    )
+
+    assert response.status == 202
+    assert ("Location", "/orders/1") in response.headers
+    assert ("Set-Cookie", "a=1; Path=/") in response.headers
+    assert response.body == b'{"orderId": "1"}'
+
+
+def test_a_base64_response_body_is_decoded() -> None:
+    response = from_proxy_response(
+        {"statusCode": 200, "body": base64.b64encode(b"\x00\x01").decode(), "isBase64Encoded": True}
+    )
+
+    assert response.body == b"\x00\x01"
+
+
+def test_a_response_without_status_code_is_a_json_200() -> None:
+    response = from_proxy_response({"hello": "world"})
+
+    assert response.status == 200
+    assert ("Content-Type", "application/json") in response.headers
+    assert json.loads(response.body) == {"hello": "world"}
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"statusCode": "abc"},
+        {"statusCode": 99},
+        {"statusCode": 200, "body": object()},
+        {"statusCode": 200, "headers": {"x": "a\r\nb"}},
+    ],
+)
+def test_an_invalid_proxy_response_is_refused(result: dict[str, Any]) -> None:
+    with pytest.raises(InvalidProxyResponse):
+        from_proxy_response(result)
+
+
+# --- The server --------------------------------------------------------------------------------
+
+
+def echo_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if event.get("body") == "boom":
+        raise RuntimeError("the handler failed")
+    status = 202 if event["routeKey"] == "POST /orders" else 200
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(event)}
+
+
+@pytest.fixture
+def server() -> Iterator[LocalHttpApi]:
+    function = LocalFunction("IngestFunction", echo_handler, timeout_seconds=3, memory_mb=128)
+    api = LocalHttpApi(API, {"IngestFunction": function}, port=0)
+    api.start()
+    yield api
+    api.close(timeout=1)
+
+
+def request(
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | Iterable[bytes] | None = None,
+    **headers: str,
+) -> tuple[int, dict[str, Any]]:
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_the_server_invokes_the_function_over_one_kept_alive_connection(server: LocalHttpApi) -> None:
+    # Given one HTTP/1.1 connection
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    # When two requests go over it
+    posted = request(
+        connection, "POST", "/orders", ORDER_BODY.encode(), **{"Content-Type": "application/json"}
+    )
+    fetched = request(connection, "GET", "/orders/abc?x=1")
+
+    # Then the function got payload 2.0 events and answered both; the 202 is counted
+    assert posted[0] == 202
+    assert posted[1]["body"] == ORDER_BODY
+    assert posted[1]["headers"]["host"] == f"127.0.0.1:{server.port}"
+    assert fetched == (200, fetched[1])
+    assert fetched[1]["pathParameters"] == {"orderId": "abc"}
+    assert fetched[1]["queryStringParameters"] == {"x": "1"}
+    assert server.stats().accepted == 1
+    assert server.stats().requests == 2
+    connection.close()
+
+
+def test_an_unknown_route_is_api_gateways_404(server: LocalHttpApi) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    assert request(connection, "GET", "/nowhere") == (404, {"message": "Not Found"})
+    assert request(connection, "DELETE", "/orders/1") == (404, {"message": "Not Found"})
+
+
+def test_a_handler_exception_is_api_gateways_500(
+    server: LocalHttpApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    status, body = request(connection, "POST", "/orders", b"boom", **{"Content-Type": "text/plain"})
+
+    assert (status, body) == (500, {"message": "Internal Server Error"})
+    assert "IngestFunction raised on POST /orders" in caplog.text
+
+
+def test_a_body_over_the_payload_limit_is_413_without_invoking(server: LocalHttpApi) -> None:
+    # Given a request that announces 10 MB + 1 byte (it need not send them)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(
+            f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {PAYLOAD_LIMIT_BYTES + 1}\r\n\r\n".encode()
+        )
+
+        # When the answer is read
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+
+    # Then API Gateway's 413 came back, the connection was closed, the function never ran
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close" in head
+    assert json.loads(body) == {"message": "Request Entity Too Large"}
+    assert server.functions["IngestFunction"].invocations == 0
+
+
+def test_a_chunked_body_is_read_whole(server: LocalHttpApi) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    status, event = request(
+        connection,
+        "POST",
+        "/orders",
+        iter([b'{"a":', b" 1}"]),
+        **{"Content-Type": "application/json"},
+    )
+
+    assert status == 202
+    assert event["body"] == '{"a": 1}'
+    assert event["headers"]["content-length"] == "8"
+    assert "transfer-encoding" not in event["headers"]
+
+
+def test_closing_stops_accepting_and_closes_idle_connections(server: LocalHttpApi) -> None:
+    # Given an idle kept-alive connection
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    assert request(connection, "GET", "/orders/1")[0] == 200
+
+    # When the API closes
+    assert server.close(timeout=5) is True
+
+    # Then the connection takes no further request (closed, or answered 503 and closed),
+    # and no new connection is accepted
+    try:
+        status, body = request(connection, "GET", "/orders/1")
+    except (ConnectionError, http.client.HTTPException):
+        pass
+    else:
+        assert (status, body) == (503, {"message": "Service Unavailable"})
+    assert server.functions["IngestFunction"].invocations == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1)
+
+
+def test_the_port_is_bound_before_the_functions_are_given() -> None:
+    # Given an API bound before its functions are loaded
+    api = LocalHttpApi(API, None, port=0)
+    try:
+        # Then its port is taken already, and it will not serve routes without their function
+        with pytest.raises(OSError, match="in use"):
+            LocalHttpApi(API, None, port=api.port)
+        with pytest.raises(TemplateError, match="IngestFunction"):
+            api.start({})
+    finally:
+        api.close(timeout=0)
