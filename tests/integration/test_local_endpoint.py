@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from datetime import datetime
 
 import boto3
 import pytest
 from moto import mock_aws
-from moto.core.utils import unix_time_millis as moto_unix_time_millis
 from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
-from orderpipe.local import endpoint as endpoint_module
+from orderpipe.local import moto_patches
 from orderpipe.local.config import LOCAL_STACK_NAME, LOCAL_SUPPORT_EMAIL, PipelineConfig, load_local_template
 from orderpipe.local.endpoint import AwsEndpoint, EndpointError
 from orderpipe.local.environment import sam_env_vars
@@ -212,18 +210,9 @@ def test_the_endpoints_fast_get_records_answers_what_moto_would(monkeypatch: pyt
 
         # When the records are read through moto's serializer and through the endpoint's shortcut
         by_moto = streams.get_records(ShardIterator=iterator, Limit=10)
-        monkeypatch.setattr(DynamoDBStreamsHandler, "get_records", endpoint_module._get_records)
+        monkeypatch.setattr(DynamoDBStreamsHandler, "get_records", moto_patches.get_records)
         by_shortcut = streams.get_records(ShardIterator=iterator, Limit=10)
 
     # Then a client sees the same records
     assert [record["eventName"] for record in by_moto["Records"]] == ["INSERT", "INSERT", "MODIFY", "REMOVE"]
     assert by_shortcut["Records"] == by_moto["Records"]
-
-
-def test_the_endpoints_sqs_clock_is_motos() -> None:
-    # Given a moment as moto keeps them (naive UTC)
-    moment = datetime(2025, 11, 22, 3, 20, 15, 123000)
-
-    # Then the endpoint's shortcut tells the same milliseconds, for it and for now
-    assert endpoint_module.unix_time_millis(moment) == moto_unix_time_millis(moment)
-    assert abs(endpoint_module.unix_time_millis() - moto_unix_time_millis()) < 50

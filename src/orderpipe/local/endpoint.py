@@ -12,11 +12,9 @@ Run as `python -m orderpipe.local.endpoint --host H --port P`.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import logging
-import math
 import os
 import select
 import signal
@@ -26,10 +24,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any, Self
+from typing import IO, Self
+
+from orderpipe.local.moto_patches import apply_moto_patches
 
 DEFAULT_HOST = "127.0.0.1"
 _READY_PREFIX = "orderpipe-endpoint "
@@ -191,7 +190,7 @@ def _serve(host: str, port: int) -> int:
     )
     from werkzeug.serving import make_server
 
-    _speed_up_moto()
+    apply_moto_patches()
 
     # What moto's ThreadedMotoServer does, with the socket bound here so a taken port is an
     # error the parent sees instead of a thread that dies silently.
@@ -230,56 +229,6 @@ def _serve(host: str, port: int) -> int:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _speed_up_moto() -> None:
-    """Shortcuts past moto's slowest code paths, for the calls the pipeline makes all the time.
-
-    Both change how fast moto answers, not what: tests/integration/test_local_endpoint.py checks
-    that the answers are the ones moto would give.
-    """
-    from moto import backends
-    from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
-    from moto.sqs import models as sqs_models
-
-    # moto's server lists its package folder on every request to route it (about a millisecond
-    # of stat calls); the folder does not change while it runs.
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules
-
-    # GetRecords goes through moto's model-driven serializer at some 2.5 ms a record, so reading
-    # a busy stream would take more CPU than everything else together. The records are kept in
-    # wire format already; only their timestamps and binary values need encoding.
-    DynamoDBStreamsHandler.get_records = _get_records  # type: ignore[method-assign,assignment]
-
-    # SQS checks every message of a queue for visibility on each send, receive and attribute
-    # read, asking for the time through three datetime conversions each time: some 20 us a
-    # message, so 20 ms a call once a thousand messages wait. The clock itself is the same.
-    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
-
-
-def _get_records(self: Any) -> tuple[str, dict[str, str]]:
-    limit = self._get_param("Limit")
-    result = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
-    return json.dumps(result, default=_wire_value), {"Content-Type": "application/x-amz-json-1.0"}
-
-
-def unix_time_millis(dt: datetime | None = None) -> float:
-    """moto's `unix_time_millis` (milliseconds since the epoch, of a naive UTC datetime or now)."""
-    if dt is None:
-        return time.time() * 1000.0
-    return (dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt).timestamp() * 1000.0
-
-
-def _wire_value(value: object) -> object:
-    """JSON protocol encodings, as moto's serializer writes them: epoch seconds (to the
-    millisecond, rounded down) and base64."""
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return math.floor(moment.timestamp() * 1000) / 1000
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,14 @@ None of this changes what a client sees, only that it stays true under load.
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
+import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 _applied = False
@@ -209,12 +212,23 @@ def _patch_dynamodb() -> None:
 
     StreamShard.add = add  # type: ignore[method-assign]
 
-    from moto.dynamodb.models.utilities import dynamo_json_dump
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
-    def get_records(self: Any) -> str:
-        limit = self._get_param("Limit")
-        records = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
-        return str(dynamo_json_dump(records))
-
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[method-assign,assignment]
+
+
+def get_records(self: Any) -> tuple[str, dict[str, str]]:
+    limit = self._get_param("Limit")
+    result = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
+    return json.dumps(result, default=_wire_value), {"Content-Type": "application/x-amz-json-1.0"}
+
+
+def _wire_value(value: object) -> object:
+    """JSON protocol encodings, as moto's serializer writes them: epoch seconds (to the
+    millisecond, rounded down) and base64."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return math.floor(moment.timestamp() * 1000) / 1000
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
