@@ -22,23 +22,27 @@ class LocalFunction:
     memory_mb: int
     invocations: int = 0
     errors: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _environment: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        """Call the handler. An exception it raises is a function error and propagates."""
+        """Call the handler. An exception it raises is a function error and propagates.
+
+        One invocation at a time, as in one warm Lambda execution environment: the handler's
+        module state (Powertools' resolver, logger and metrics) belongs to one request at a time,
+        and concurrent calls in threads answered each other's requests.
+        """
         context = LocalLambdaContext(
             function_name=self.function_id,
             timeout_seconds=self.timeout_seconds,
             memory_limit_in_mb=self.memory_mb,
         )
-        with self._lock:
+        with self._environment:
             self.invocations += 1
-        try:
-            return self.handler(event, context)
-        except Exception:
-            with self._lock:
+            try:
+                return self.handler(event, context)
+            except Exception:
                 self.errors += 1
-            raise
+                raise
 
 
 def load_functions(stack: Stack, root: Path) -> dict[str, LocalFunction]:
