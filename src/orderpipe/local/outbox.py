@@ -31,7 +31,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orderpipe.local.polling import Counters, aws_client
+from orderpipe.local.polling import Counters, aws_client, wait_until
 from orderpipe.stack.provision import Stack
 
 if TYPE_CHECKING:
@@ -131,12 +131,7 @@ class EmailOutbox:
             return self._held == 0 and all(int(value) == 0 for value in attributes.values())
 
     def drain(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.drained():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-        return True
+        return wait_until(self.drained, timeout)
 
     # --- subscriptions --------------------------------------------------------------------
 

@@ -38,7 +38,15 @@ from botocore.exceptions import ClientError
 from orderpipe.local.batch_response import reported_failures
 from orderpipe.local.event_filter import EventFilter
 from orderpipe.local.functions import LocalFunction
-from orderpipe.local.polling import INVOKE_PAYLOAD_LIMIT, Counters, as_bool, as_float, as_int, aws_client
+from orderpipe.local.polling import (
+    INVOKE_PAYLOAD_LIMIT,
+    Counters,
+    as_bool,
+    as_float,
+    as_int,
+    aws_client,
+    wait_until,
+)
 from orderpipe.stack.provision import Stack
 from orderpipe.stack.template import ACCOUNT_ID
 
@@ -162,12 +170,7 @@ class DynamoDBStreamEventSource:
 
     def drain(self, timeout: float) -> bool:
         """Wait (up to `timeout` seconds) until `drained()`."""
-        deadline = time.monotonic() + timeout
-        while not self.drained():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-        return True
+        return wait_until(self.drained, timeout)
 
     # --- shards ---------------------------------------------------------------------------
 
