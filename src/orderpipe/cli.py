@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="function logs (default .orderpipe/functions.log); moto.log goes beside it",
     )
+    local.add_argument(
+        "--api-workers",
+        type=int,
+        default=2,
+        help="worker processes (execution environments) of each function behind the API, each "
+        "handling one request at a time (default 2; 0 runs them in this process, one at a time)",
+    )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
         "--drain-timeout",
@@ -137,6 +144,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         state_file=args.state_file,
         function_log=getattr(args, "log_file", None),
         drain_timeout=getattr(args, "drain_timeout", 60.0),
+        api_workers=getattr(args, "api_workers", 2),
     )
 
 

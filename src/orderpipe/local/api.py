@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from orderpipe.local.functions import LocalFunction
+from orderpipe.local.functions import Invocable
 from orderpipe.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError
 
 PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # API Gateway's request payload quota
@@ -429,7 +429,7 @@ class LocalHttpApi:
     def __init__(
         self,
         api: HttpApi,
-        functions: Mapping[str, LocalFunction] | None = None,
+        functions: Mapping[str, Invocable] | None = None,
         host: str = "127.0.0.1",
         port: int = 3000,
     ) -> None:
@@ -454,7 +454,7 @@ class LocalHttpApi:
         prefix = "" if self.api.stage == DEFAULT_STAGE else f"/{self.api.stage}"
         return f"http://{host}:{self.port}{prefix}"
 
-    def start(self, functions: Mapping[str, LocalFunction] | None = None) -> None:
+    def start(self, functions: Mapping[str, Invocable] | None = None) -> None:
         if functions is not None:
             self.functions = dict(functions)
         missing = {route.function_id for route in self.api.routes} - set(self.functions)

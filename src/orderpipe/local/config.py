@@ -30,6 +30,9 @@ class PipelineConfig:
     endpoint_log: Path | None = None
     stack_name: str = LOCAL_STACK_NAME
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
+    # Execution environments (worker processes) of each function the HTTP API routes to;
+    # 0 runs them in this process, one invocation at a time.
+    api_workers: int = 2
 
     def __post_init__(self) -> None:
         local = self.root / STATE_DIR

@@ -32,7 +32,13 @@ from orderpipe.local.environment import (
     aws_environment,
     shared_environment,
 )
-from orderpipe.local.functions import LocalFunction, Poller, load_functions
+from orderpipe.local.functions import (
+    Invocable,
+    LocalFunction,
+    Poller,
+    ProcessPoolFunction,
+    load_functions,
+)
 from orderpipe.local.outbox import EmailOutbox
 from orderpipe.local.sqs_source import SqsEventSource
 from orderpipe.local.state import PipelineState, remove_state
@@ -61,6 +67,7 @@ class LocalPipeline:
         self.endpoint: AwsEndpoint | None = None
         self.stack: Stack | None = None
         self.functions: dict[str, LocalFunction] = {}
+        self.api_pools: list[ProcessPoolFunction] = []
         self.api: LocalHttpApi | None = None
         self.sources: list[Poller] = []
         self.outbox: EmailOutbox | None = None
@@ -115,6 +122,8 @@ class LocalPipeline:
         # hold: it goes to a file, the console is for the pipeline's own lines.
         self._redirect_function_output()
         self.functions = load_functions(stack, config.root)
+        # Before any thread starts (pollers, outbox, API): the API's functions fork their workers.
+        api_functions = self._api_functions(http_api)
 
         self.monitor = PipelineMonitor(stack, self.endpoint.url)
         self.sources = self._event_sources(stack)
@@ -124,13 +133,25 @@ class LocalPipeline:
         for source in self.sources:
             source.start()
 
-        self.api.start(self.functions)
+        self.api.start(api_functions)
         if config.state_file is not None:
             PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir).write(
                 config.state_file
             )
         self._announce(http_api)
         self._started = True
+
+    def _api_functions(self, http_api: HttpApi) -> dict[str, Invocable]:
+        """The functions the API invokes: each it routes to in `api_workers` worker processes."""
+        functions: dict[str, Invocable] = dict(self.functions)
+        if self.config.api_workers < 1:
+            return functions
+        for function_id in sorted({route.function_id for route in http_api.routes}):
+            if function_id in self.functions:
+                pool = ProcessPoolFunction(self.functions[function_id], self.config.api_workers)
+                self.api_pools.append(pool)
+                functions[function_id] = pool
+        return functions
 
     def _endpoint_ready(self, endpoint: AwsEndpoint) -> AwsEndpoint:
         config = self.config
@@ -322,6 +343,10 @@ class LocalPipeline:
         stop_timeout = STOP_TIMEOUT_SECONDS if alive else 5.0  # without an endpoint, nothing to finish
         if self.api is not None:
             self.api.close(timeout=0)
+        for pool in self.api_pools:  # the API answers no more requests: end its workers
+            _stop_quietly(pool, stop_timeout)
+            pool.kill()  # those still stuck in an invocation
+        self.api_pools = []
         for source in self.sources:
             _stop_quietly(source, stop_timeout)
         if self.outbox is not None:
@@ -352,7 +377,13 @@ class LocalPipeline:
         self._started = False
 
 
-def _stop_quietly(poller: Poller, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+class Stoppable(Protocol):
+    """A poller, the outbox, a function's workers: `stop()` finishes what is in flight."""
+
+    def stop(self) -> None: ...
+
+
+def _stop_quietly(poller: Stoppable, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     """Stop a poller, waiting at most `timeout` for its batch in flight (it may be stuck on an
     endpoint that went away; its threads are daemons and end with the process)."""
 
