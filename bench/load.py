@@ -27,7 +27,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -275,15 +274,8 @@ class Pipeline:
                 self.process.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_pipeline(workdir: Path, overrides: Sequence[str]) -> Pipeline:
-    """`orderpipe local` on a free API port, its endpoint on a port it picks, a throwaway outbox."""
+    """`orderpipe local` on ports it picks (found in its state file), a throwaway outbox."""
     state_file, outbox, console_log = workdir / "state.json", workdir / "outbox", workdir / "console.log"
     command = [
         sys.executable,
@@ -291,7 +283,7 @@ def start_pipeline(workdir: Path, overrides: Sequence[str]) -> Pipeline:
         "orderpipe.cli",
         "local",
         "--port",
-        str(_free_port()),
+        "0",
         "--aws-port",
         "0",
         "--outbox",

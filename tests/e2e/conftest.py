@@ -7,7 +7,6 @@ import email.policy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,13 +47,6 @@ class Email:
     to: str
     subject: str
     body: str
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def orderpipe_command() -> list[str]:
@@ -137,12 +129,11 @@ def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
     state_file = tmp_path / "state.json"
     outbox = tmp_path / "outbox"
     output = tmp_path / "console.txt"
-    port = free_port()
     command = [
         *orderpipe_command(),
         "local",
         "--port",
-        str(port),
+        "0",  # it picks a free port and writes its URL to the state file
         "--aws-port",
         "0",
         "--outbox",
