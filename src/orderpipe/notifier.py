@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
-from aws_lambda_powertools.utilities.batch.base import FailureResponse
-from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
+from aws_lambda_powertools.utilities.batch import EventType
 from aws_lambda_powertools.utilities.parser.models import (
     DynamoDBStreamChangedRecordModel,
     DynamoDBStreamRecordModel,
@@ -32,7 +30,7 @@ from pydantic import model_validator
 from orderpipe import resources
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.record_failures import failure_reason
+from orderpipe.record_failures import FailureLoggingProcessor
 from orderpipe.support_email import render_support_emails
 
 if TYPE_CHECKING:
@@ -63,19 +61,15 @@ class OrderStreamRecord(DynamoDBStreamRecordModel):
         return data
 
 
-class StreamBatchProcessor(BatchProcessor):
-    """Logs why each failed record failed (a record that does not parse never reaches the handler)."""
+class StreamBatchProcessor(FailureLoggingProcessor):
+    failure_message = "Stream record not processed; Lambda retries it, then parks it in NotifierDLQ"
+    failure_metric = "StreamRecordsFailed"
+    record_id_field = "sequence_number"
 
-    def failure_handler(self, record: Any, exception: ExceptionInfo) -> FailureResponse:
-        logger.set_correlation_id(None)
+    def record_id(self, record: Any) -> str | None:
+        # A parsed record is the model (camelCase); one that failed to parse, Powertools' data class.
         change = getattr(record, "dynamodb", None)
-        sequence_number = getattr(change, "SequenceNumber", None) or getattr(change, "sequence_number", None)
-        logger.warning(
-            "Stream record not processed; Lambda retries it, then parks it in NotifierDLQ",
-            extra={"sequence_number": sequence_number, "reason": failure_reason(exception)},
-        )
-        metrics.add_metric(name="StreamRecordsFailed", unit=MetricUnit.Count, value=1)
-        return super().failure_handler(record, exception)
+        return getattr(change, "SequenceNumber", None) or getattr(change, "sequence_number", None)
 
 
 def new_order_of(record: OrderStreamRecord) -> Order | None:

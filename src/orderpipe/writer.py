@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.base import FailureResponse
-from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
+from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
 
 from orderpipe import resources
 from orderpipe.models import Order
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.record_failures import failure_reason
+from orderpipe.record_failures import FailureLoggingProcessor
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -31,18 +29,19 @@ class QueuedOrder(SqsRecordModel):
     body: Json[Order]
 
 
-class OrderBatchProcessor(BatchProcessor):
-    """Logs why each failed message failed; a message that is not an order never reaches the handler."""
+class OrderBatchProcessor(FailureLoggingProcessor):
+    failure_message = (
+        "Message not stored; SQS delivers it again, and after maxReceiveCount moves it to OrdersDLQ"
+    )
+    failure_metric = "OrderMessagesFailed"
+    record_id_field = "message_id"
 
-    def failure_handler(self, record: Any, exception: ExceptionInfo) -> FailureResponse:
-        logger.set_correlation_id(record.body.order_id if isinstance(record, QueuedOrder) else None)
-        message_id = getattr(record, "messageId", None) or getattr(record, "message_id", None)
-        logger.warning(
-            "Message not stored; SQS delivers it again, and after maxReceiveCount moves it to OrdersDLQ",
-            extra={"message_id": message_id, "reason": failure_reason(exception)},
-        )
-        metrics.add_metric(name="OrderMessagesFailed", unit=MetricUnit.Count, value=1)
-        return super().failure_handler(record, exception)
+    def record_id(self, record: Any) -> str | None:
+        # A parsed record is the model (camelCase); one that failed to parse, Powertools' data class.
+        return getattr(record, "messageId", None) or getattr(record, "message_id", None)
+
+    def correlation_id(self, record: Any) -> str | None:
+        return record.body.order_id if isinstance(record, QueuedOrder) else None
 
 
 @tracer.capture_method(capture_response=False)

@@ -58,9 +58,10 @@ def ref(name: str) -> dict[str, str]:
 
 
 def emitted_metrics(service: str) -> set[str]:
-    """The Powertools metrics a step's module adds (`orderpipe/<service>.py`)."""
+    """The Powertools metrics a step's module adds (`orderpipe/<service>.py`), directly or as the
+    failure metric of its batch processor."""
     source = (ROOT / "src" / "orderpipe" / f"{service}.py").read_text()
-    return set(re.findall(r'add_metric\(name="(\w+)"', source))
+    return set(re.findall(r'(?:add_metric\(name=|failure_metric = )"(\w+)"', source))
 
 
 # --- Event source mappings ----------------------------------------------------------------------
