@@ -227,10 +227,10 @@ def accept_order_once(request: OrderRequest, idempotency_key: str) -> OrderAccep
 
 @tracer.capture_method(capture_response=False)  # the order holds personal data
 def read_order(order_id: str) -> Order:
-    if not is_order_id(order_id):
-        raise OrderNotFound("no order has this id")
-    logger.set_correlation_id(order_id)
-    order = resources.orders_table().get_order(order_id)
+    order = None
+    if is_order_id(order_id):  # anything else cannot be stored: no need to ask DynamoDB
+        logger.set_correlation_id(order_id)
+        order = resources.orders_table().get_order(order_id)
     if order is None:
         raise OrderNotFound("no order has this id")
     return order

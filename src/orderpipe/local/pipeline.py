@@ -40,6 +40,7 @@ from orderpipe.local.functions import (
     load_functions,
 )
 from orderpipe.local.outbox import EmailOutbox
+from orderpipe.local.polling import arn_service, as_bool
 from orderpipe.local.sqs_source import SqsEventSource
 from orderpipe.local.state import PipelineState, remove_state
 from orderpipe.local.status import PipelineMonitor, PipelineStatus
@@ -201,13 +202,12 @@ class LocalPipeline:
         sources: list[Poller] = []
         for function_id, function in self.functions.items():
             for mapping in stack.event_source_mappings(function_id):
-                if str(mapping.get("Enabled", True)).lower() == "false":
+                if not as_bool(mapping.get("Enabled", True)):
                     continue
-                service = str(mapping.get("EventSourceArn", "")).split(":")[2:3]
-                match service:
-                    case ["sqs"]:
+                match arn_service(str(mapping.get("EventSourceArn", ""))):
+                    case "sqs":
                         sources.append(SqsEventSource(stack, mapping, function, self.endpoint.url))
-                    case ["dynamodb"]:
+                    case "dynamodb":
                         sources.append(DynamoDBStreamEventSource(stack, mapping, function, self.endpoint.url))
                     case _:
                         raise TemplateError(

@@ -74,3 +74,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
             return False
         time.sleep(interval)
     return True
+
+
+def arn_service(arn: str) -> str:
+    """The service an ARN names: `arn:aws:sqs:us-east-1:123456789012:q` -> "sqs"."""
+    parts = arn.split(":")
+    return parts[2] if len(parts) > 2 else ""

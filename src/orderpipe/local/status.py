@@ -16,6 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orderpipe.local.polling import arn_service
 from orderpipe.models import OrderStatus
 from orderpipe.stack.provision import Stack
 
@@ -117,12 +118,13 @@ class PipelineMonitor:
         for function_id in stack.functions():
             for mapping in stack.event_source_mappings(function_id):
                 source = stack.logical_id_of(mapping["EventSourceArn"])
-                if ":sqs:" in mapping["EventSourceArn"]:
+                service = arn_service(mapping["EventSourceArn"])
+                if service == "sqs":
                     self.source_queues[source] = stack.ref(source)
-                elif ":dynamodb:" in mapping["EventSourceArn"]:
+                elif service == "dynamodb":
                     stream_arns.append(mapping["EventSourceArn"])
                 destination = mapping.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
-                if destination and ":sqs:" in destination:
+                if destination and arn_service(destination) == "sqs":
                     dlq = stack.logical_id_of(destination)
                     self.dead_letter_queues[dlq] = stack.ref(dlq)
         self.stream_counters = [StreamCounter(streams, arn) for arn in stream_arns]

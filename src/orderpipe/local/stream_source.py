@@ -41,6 +41,7 @@ from orderpipe.local.functions import LocalFunction
 from orderpipe.local.polling import (
     INVOKE_PAYLOAD_LIMIT,
     Counters,
+    arn_service,
     as_bool,
     as_float,
     as_int,
@@ -327,7 +328,7 @@ class DynamoDBStreamEventSource:
 
     def _send_to_destination(self, body: str) -> None:
         assert self.on_failure is not None
-        service = self.on_failure.split(":")[2]
+        service = arn_service(self.on_failure)
         if service == "sns":
             self._sns.publish(TopicArn=self.on_failure, Message=body)
             return
