@@ -1,13 +1,11 @@
-"""moto's server with `apply_moto_patches()`: nothing lost under concurrent requests, streams keep flowing.
+"""moto as the endpoint serves it, with `apply_moto_patches()`: nothing lost under concurrent
+requests, streams keep flowing.
 
 The server runs in a child process, so the patches never leak into other tests' moto.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,42 +16,18 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from orderpipe.local.endpoint import AwsEndpoint
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
     from mypy_boto3_sqs import SQSClient
 
-_SERVE_PATCHED = """
-import json, sys, threading
-from orderpipe.local.moto_patches import apply_moto_patches
-apply_moto_patches()
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
-server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=True,
-                     request_handler=MotoRequestHandler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-print(json.dumps({"port": server.socket.getsockname()[1]}), flush=True)
-sys.stdin.read()
-"""
-
 
 @pytest.fixture(scope="module")
 def patched_endpoint() -> Iterator[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", _SERVE_PATCHED],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        port = json.loads(child.stdout.readline())["port"]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait(10)
+    with AwsEndpoint() as endpoint:
+        yield endpoint.url
 
 
 def client(service: str, endpoint: str) -> Any:
@@ -195,3 +169,30 @@ def test_get_records_keeps_its_wire_format(patched_endpoint: str) -> None:
     assert new_image["gift"] == {"BOOL": True}
     assert abs(record["dynamodb"]["ApproximateCreationDateTime"].timestamp() - time.time()) < 60
     assert record["dynamodb"]["SequenceNumber"].isdigit()
+
+
+def test_queue_attributes_read_alone_still_tell_depth_and_content_deduplication(
+    patched_endpoint: str,
+) -> None:
+    # Given a standard queue with three messages and a FIFO queue that dedupes by content
+    sqs: SQSClient = client("sqs", patched_endpoint)
+    standard = sqs.create_queue(QueueName="depth")["QueueUrl"]
+    fifo = sqs.create_queue(
+        QueueName="dedupe.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+    )["QueueUrl"]
+    for number in range(3):
+        sqs.send_message(QueueUrl=standard, MessageBody=f"m{number}")
+
+    # When the same body goes twice to the FIFO queue
+    for _ in range(2):
+        sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
+
+    # Then the depth is counted, and the FIFO queue kept one copy
+    depth = sqs.get_queue_attributes(QueueUrl=standard, AttributeNames=["All"])["Attributes"]
+    fifo_attributes = sqs.get_queue_attributes(QueueUrl=fifo, AttributeNames=["All"])["Attributes"]
+    assert depth["ApproximateNumberOfMessages"] == "3"
+    assert "ContentBasedDeduplication" not in depth
+    assert (fifo_attributes["ApproximateNumberOfMessages"], fifo_attributes["ContentBasedDeduplication"]) == (
+        "1",
+        "true",
+    )

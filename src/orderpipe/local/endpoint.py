@@ -29,6 +29,7 @@ from types import FrameType, TracebackType
 from typing import IO, Self
 
 from orderpipe.local.moto_patches import apply_moto_patches
+from orderpipe.local.wsgi_server import WsgiServer
 
 DEFAULT_HOST = "127.0.0.1"
 _READY_PREFIX = "orderpipe-endpoint "
@@ -183,32 +184,18 @@ def _serve(host: str, port: int) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
 
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     apply_moto_patches()
 
-    # What moto's ThreadedMotoServer does, with the socket bound here so a taken port is an
-    # error the parent sees instead of a thread that dies silently.
+    # moto's app as moto's own server builds it, served on connections that stay open.
     try:
-        server = make_server(
-            host,
-            port,
-            DomainDispatcherApplication(create_backend_app),
-            threaded=True,
-            request_handler=MotoRequestHandler,
-        )
+        server = WsgiServer(DomainDispatcherApplication(create_backend_app), host, port)
     except OSError as error:
         print(f"cannot listen on {host}:{port}: {error}", file=sys.stderr)
         return 1
-    bound_port = server.socket.getsockname()[1]
-    serving = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="moto", daemon=True
-    )
+    bound_port = server.port
+    serving = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
     serving.start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -224,7 +211,6 @@ def _serve(host: str, port: int) -> int:
     finally:
         server.shutdown()
         serving.join()
-        server.server_close()
     # Nothing of moto's state outlives it; skip tearing down the interpreter's modules.
     logging.shutdown()
     sys.stderr.flush()

@@ -13,22 +13,25 @@ Apply once in the process that runs moto's server, before it serves (`apply_moto
    counting the queue's messages three times: receiving ten messages cost 90 scans of the
    queue, in-flight messages included (0.09 s at 100 messages, 0.8 s at 1,000). It now reads
    the retention period alone.
-3. moto's clock builds datetimes to read the time, and the SQS model reads it for every
+3. SendMessage read the queue's attributes to learn whether it dedupes by content, and reading
+   them counts the queue's messages three times: each send cost O(queue depth), so a backlog
+   slowed the very sends that feed it. That one attribute is now read alone.
+4. moto's clock builds datetimes to read the time, and the SQS model reads it for every
    message on every scan; it now reads `time.time()`.
 
-4. moto's TransactWriteItems deep-copies the whole table once per item of the transaction (a
+5. moto's TransactWriteItems deep-copies the whole table once per item of the transaction (a
    100-update transaction on a 2,000-order table took 10.7 s) and, when the transaction is
    cancelled, puts the copies back in place of the tables: writes other clients made
    meanwhile are lost, and the table's stream becomes a new object, so every shard iterator
    already handed out reads the old one forever (a stream consumer stalls) after seeing the
    cancelled transaction's writes. It now checks every condition first and writes only if all
    hold, as DynamoDB does, with no copies.
-5. Two writes at once could give two stream records the same sequence number; appending to
+6. Two writes at once could give two stream records the same sequence number; appending to
    a table's stream takes a lock.
-6. The server looked up which service a request is for by listing moto's package folder on
+7. The server looked up which service a request is for by listing moto's package folder on
    disk (some 200 `stat` calls, 1.6 ms), and listed the handler's methods, on every request;
    both lists are now made once.
-7. moto 5.2 answers GetRecords through its generic shape-walking serializer, about 3 ms per
+8. moto 5.2 answers GetRecords through its generic shape-walking serializer, about 3 ms per
    stream record (a 100-record batch took 0.3 s of moto's CPU, every poll of every reader).
    The records are already in their JSON wire form, so they are dumped as JSON directly, as
    moto did before.
@@ -44,7 +47,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,9 +106,39 @@ def _patch_sqs() -> None:
     backend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
 
     queue_class = sqs_models.Queue
+    all_attributes = queue_class.attributes.fget  # type: ignore[attr-defined]
+    queue_class.attributes = property(lambda queue: _QueueAttributes(queue, all_attributes))  # type: ignore[assignment,method-assign]
     queue_class.delete_message = _holding_queue_lock(queue_class.delete_message, _the_queue)  # type: ignore[method-assign]
     for name in ("receive_message", "change_message_visibility", "purge_queue"):
         setattr(backend, name, _holding_queue_lock(getattr(backend, name), _named_queue))
+
+
+class _QueueAttributes(Mapping[str, Any]):
+    """A queue's attributes, all computed on first use, except ContentBasedDeduplication alone."""
+
+    def __init__(self, queue: Any, compute: Callable[[Any], dict[str, Any]]) -> None:
+        self._queue = queue
+        self._compute = compute
+
+    @functools.cached_property
+    def _all(self) -> dict[str, Any]:
+        return self._compute(self._queue)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "ContentBasedDeduplication":
+            if not self._queue.fifo_queue:
+                return default
+            return str(self._queue.content_based_deduplication).lower()
+        return self._all.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._all[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
 
 
 def _the_queue(queue: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
