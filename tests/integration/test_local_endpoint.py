@@ -16,7 +16,6 @@ from orderpipe.local.config import LOCAL_STACK_NAME, LOCAL_SUPPORT_EMAIL, Pipeli
 from orderpipe.local.endpoint import AwsEndpoint, EndpointError
 from orderpipe.local.environment import sam_env_vars
 from orderpipe.local.state import find_stack
-from orderpipe.local.status import PipelineMonitor
 from orderpipe.stack.provision import Stack, provision_stack
 from orderpipe.stack.template import Template
 from tests.conftest import EVENTS, ROOT
@@ -95,36 +94,6 @@ def test_env_local_json_names_the_resources_orderpipe_local_creates(
 
     # Then they are the same: `sam local` functions and `orderpipe local` share one set of resources
     assert committed == derived
-
-
-def test_the_monitor_counts_stored_and_notified_orders_from_the_stream(
-    endpoint: AwsEndpoint, stack: Stack
-) -> None:
-    # Given two orders stored, one of them then marked NOTIFIED
-    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint.url, region_name="us-east-1")
-    table = stack.ref("OrdersTable")
-    for order_id in ("order-1", "order-2"):
-        dynamodb.put_item(TableName=table, Item={"orderId": {"S": order_id}, "status": {"S": "PLACED"}})
-    dynamodb.update_item(
-        TableName=table,
-        Key={"orderId": {"S": "order-1"}},
-        UpdateExpression="SET #s = :n",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":n": {"S": "NOTIFIED"}},
-    )
-    sqs = boto3.client("sqs", endpoint_url=endpoint.url, region_name="us-east-1")
-    sqs.send_message(QueueUrl=stack.ref("OrdersQueue"), MessageBody="{}")
-    sqs.send_message(QueueUrl=stack.ref("NotifierDLQ"), MessageBody="{}")
-
-    # When the monitor reads the endpoint
-    status = PipelineMonitor(stack, endpoint.url).status(accepted=2, emails=1)
-
-    # Then it counts them, the queued message, and the dead letter, in pipeline order
-    assert (status.stored, status.notified, status.queued) == (2, 1, 1)
-    assert status.dead_letters == {"OrdersDLQ": 0, "NotifierDLQ": 1}
-    assert status.line() == (
-        "accepted 2 | queued 1 | stored 2 | notified 1 | emails 1 | OrdersDLQ 0 | NotifierDLQ 1"
-    )
 
 
 def test_a_taken_port_is_an_error() -> None:

@@ -28,6 +28,7 @@ from orderpipe.local.endpoint import AwsEndpoint
 from orderpipe.local.functions import LocalFunction
 from orderpipe.local.outbox import EmailOutbox
 from orderpipe.local.sqs_source import SqsEventSource
+from orderpipe.local.status import PipelineMonitor
 from orderpipe.local.stream_source import DynamoDBStreamEventSource
 from orderpipe.stack.provision import Stack, provision_stack
 from orderpipe.stack.template import Template, load_template
@@ -891,3 +892,52 @@ def test_outbox_stop_delivers_what_was_published_last(endpoint: AwsEndpoint, tmp
     outbox.stop()
 
     assert len(inbox) == 1
+
+
+# --- the status line ---------------------------------------------------------------------------
+
+
+def test_the_monitor_counts_stored_and_notified_orders_from_what_the_stream_source_reads(
+    endpoint: AwsEndpoint,
+) -> None:
+    # Given the notifier's stream source running with a monitor watching it, and two orders
+    # stored, one of them then marked NOTIFIED, one filtered out by the source (a MODIFY)
+    stack = make_stack(endpoint)
+    handler = RecordingHandler()
+    source = stream_source(endpoint, stack, handler)
+    monitor = PipelineMonitor(stack, endpoint.url, [source])
+    source.start()
+    try:
+        assert source.drain(5)  # reading from the stream's end
+        dynamodb = dynamodb_client(endpoint)
+        table = stack.ref("OrdersTable")
+        for order_id in ("order-1", "order-2"):
+            dynamodb.put_item(TableName=table, Item={"orderId": {"S": order_id}, "status": {"S": "PLACED"}})
+        dynamodb.update_item(
+            TableName=table,
+            Key={"orderId": {"S": "order-1"}},
+            UpdateExpression="SET #s = :n",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":n": {"S": "NOTIFIED"}},
+        )
+        sqs = sqs_client(endpoint)
+        sqs.send_message(QueueUrl=stack.ref("OrdersQueue"), MessageBody="{}")
+        sqs.send_message(QueueUrl=stack.ref("NotifierDLQ"), MessageBody="{}")
+        assert source.drain(10)
+
+        # When the monitor is asked
+        status = monitor.status(accepted=2, emails=1)
+    finally:
+        source.stop()
+
+    # Then it counts both orders and the notified one, the queued message and the dead letter,
+    # in pipeline order; the function saw only the INSERTs
+    assert [order_ids(batch) for batch in handler.batches] in (
+        [["order-1", "order-2"]],
+        [["order-1"], ["order-2"]],
+    )
+    assert (status.stored, status.notified, status.queued) == (2, 1, 1)
+    assert status.dead_letters == {"OrdersDLQ": 0, "NotifierDLQ": 1}
+    assert status.line() == (
+        "accepted 2 | queued 1 | stored 2 | notified 1 | emails 1 | OrdersDLQ 0 | NotifierDLQ 1"
+    )

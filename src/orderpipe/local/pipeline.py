@@ -126,8 +126,9 @@ class LocalPipeline:
         # Before any thread starts (pollers, outbox, API): the API's functions fork their workers.
         api_functions = self._api_functions(http_api)
 
-        self.monitor = PipelineMonitor(stack, self.endpoint.url)
         self.sources = self._event_sources(stack)
+        stream_sources = [s for s in self.sources if isinstance(s, DynamoDBStreamEventSource)]
+        self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources)
         assert config.outbox_dir is not None
         self.outbox = EmailOutbox(stack, self.endpoint.url, config.outbox_dir, self._on_email)
         self.outbox.start()

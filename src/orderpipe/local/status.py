@@ -1,14 +1,16 @@
-"""What the status line of `orderpipe local` shows, asked of the AWS endpoint itself.
+"""What the status line of `orderpipe local` shows.
 
-Stored and notified orders are counted from OrdersTable's stream: the writer's conditional put
-makes exactly one INSERT per order, and the notifier's conditional update (PLACED -> NOTIFIED)
-exactly one MODIFY whose new image is NOTIFIED. That stays exact whatever is redelivered or
-retried, and costs one GetRecords call a second. Queue depths come from GetQueueAttributes.
+Stored and notified orders are counted from OrdersTable's stream, as the stream's event source
+reads it (every record, before its filter): the writer's conditional put makes exactly one
+INSERT per order, and the notifier's conditional update (PLACED -> NOTIFIED) exactly one MODIFY
+whose new image is NOTIFIED. That stays exact whatever is redelivered or retried, and costs no
+call of its own. Queue depths come from GetQueueAttributes.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +19,11 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.local.polling import arn_service
+from orderpipe.local.stream_source import DynamoDBStreamEventSource
 from orderpipe.models import OrderStatus
 from orderpipe.stack.provision import Stack
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.literals import QueueAttributeNameType
 
@@ -56,36 +58,16 @@ class PipelineStatus:
 
 
 class StreamCounter:
-    """Reads a table's stream from its oldest record and counts new and notified orders."""
+    """Counts new and notified orders in the records of a table's stream it is shown."""
 
-    def __init__(self, client: DynamoDBStreamsClient, stream_arn: str) -> None:
-        self.client = client
-        self.stream_arn = stream_arn
+    def __init__(self) -> None:
         self.inserted = 0
         self.notified = 0
-        self._iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: closed)
+        self._lock = threading.Lock()
 
-    def refresh(self, max_calls: int = 20) -> None:
-        shards = self.client.describe_stream(StreamArn=self.stream_arn)["StreamDescription"].get("Shards", [])
-        for shard in shards:
-            shard_id = shard["ShardId"]
-            if shard_id not in self._iterators:
-                self._iterators[shard_id] = self.client.get_shard_iterator(
-                    StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
-                )["ShardIterator"]
-        for shard_id, iterator in self._iterators.items():
-            calls = 0
-            while iterator is not None and calls < max_calls:
-                response = self.client.get_records(ShardIterator=iterator, Limit=1000)
-                calls += 1
-                self._count(response["Records"])
-                iterator = response.get("NextShardIterator")
-                if not response["Records"]:
-                    break
-            self._iterators[shard_id] = iterator
-
-    def _count(self, records: list[Any]) -> None:
-        for record in records:
+    def count(self, record: dict[str, Any]) -> None:
+        """One record as Lambda receives it."""
+        with self._lock:
             if record["eventName"] == "INSERT":
                 self.inserted += 1
             elif record["eventName"] == "MODIFY":
@@ -97,17 +79,15 @@ class StreamCounter:
 class PipelineMonitor:
     """Counts for the status line: queue depths, dead letters, stored and notified orders."""
 
-    def __init__(self, stack: Stack, endpoint_url: str) -> None:
+    def __init__(
+        self, stack: Stack, endpoint_url: str, stream_sources: list[DynamoDBStreamEventSource]
+    ) -> None:
         session = boto3.session.Session(region_name=stack.template.region)
         # A status line is no reason to wait: no retries, short timeouts.
         config = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10)
         self.sqs: SQSClient = session.client("sqs", endpoint_url=endpoint_url, config=config)
-        streams: DynamoDBStreamsClient = session.client(
-            "dynamodbstreams", endpoint_url=endpoint_url, config=config
-        )
         self.source_queues: dict[str, str] = {}
         self.dead_letter_queues: dict[str, str] = {}
-        stream_arns: list[str] = []
         for logical_id in stack.template.resources_of_type("AWS::SQS::Queue"):
             redrive = stack.resolve(
                 stack.template.resources[logical_id].get("Properties", {}).get("RedrivePolicy", {})
@@ -121,13 +101,16 @@ class PipelineMonitor:
                 service = arn_service(mapping["EventSourceArn"])
                 if service == "sqs":
                     self.source_queues[source] = stack.ref(source)
-                elif service == "dynamodb":
-                    stream_arns.append(mapping["EventSourceArn"])
                 destination = mapping.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
                 if destination and arn_service(destination) == "sqs":
                     dlq = stack.logical_id_of(destination)
                     self.dead_letter_queues[dlq] = stack.ref(dlq)
-        self.stream_counters = [StreamCounter(streams, arn) for arn in stream_arns]
+        # One counter a stream, fed by one of the event sources reading it.
+        self.stream_counters: dict[str, StreamCounter] = {}
+        for stream_source in stream_sources:
+            if stream_source.stream_arn not in self.stream_counters:
+                self.stream_counters[stream_source.stream_arn] = counter = StreamCounter()
+                stream_source.observe(counter.count)
         self._last = PipelineStatus(dead_letters=dict.fromkeys(self.dead_letter_queues, 0))
 
     def queue_depth(self, queue_url: str) -> int:
@@ -151,11 +134,9 @@ class PipelineMonitor:
             status.queued = sum(self.queue_depth(url) for url in self.source_queues.values())
             for name, url in self.dead_letter_queues.items():
                 status.dead_letters[name] = self.queue_depth(url)
-            for counter in self.stream_counters:
-                counter.refresh()
             if self.stream_counters:
-                status.stored = sum(counter.inserted for counter in self.stream_counters)
-                status.notified = sum(counter.notified for counter in self.stream_counters)
+                status.stored = sum(counter.inserted for counter in self.stream_counters.values())
+                status.notified = sum(counter.notified for counter in self.stream_counters.values())
         except (BotoCoreError, ClientError) as error:
             log.debug("status not refreshed: %s", error)
         self._last = status

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,7 @@ class DynamoDBStreamEventSource:
         self.counters = Counters(["batches", "succeeded", "failed", "sent_to_dlq", "filtered", "discarded"])
         self._stopping = threading.Event()
         self._readers: dict[str, _ShardReader] = {}
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
         self._skipped: set[str] = set()
         self._watcher: threading.Thread | None = None
 
@@ -164,6 +166,10 @@ class DynamoDBStreamEventSource:
 
     def stats(self) -> dict[str, int]:
         return self.counters.snapshot()
+
+    def observe(self, observer: Callable[[dict[str, Any]], None]) -> None:
+        """Have `observer` see every record read from the stream, filtered out or not, once."""
+        self._observers.append(observer)
 
     def drained(self) -> bool:
         """True when every shard is read to its end and nothing is buffered, invoked or retried."""
@@ -443,6 +449,8 @@ class _ShardReader(threading.Thread):
         for raw in records:
             record = source.lambda_record(raw)
             self._last_read = record.sequence_number
+            for observer in source._observers:
+                observer(record.event)
             if source.filter.matches(record.event):
                 self._buffer.append(record)
             else:
