@@ -196,3 +196,60 @@ def test_queue_attributes_read_alone_still_tell_depth_and_content_deduplication(
         "1",
         "true",
     )
+
+
+def test_a_transactions_plain_sets_write_the_item_and_its_stream_record(patched_endpoint: str) -> None:
+    # Given a stored item and a reader at the stream's end
+    dynamodb, streams, stream_arn = make_table(patched_endpoint, "sets")
+    dynamodb.put_item(TableName="sets", Item={"id": {"S": "a"}, "status": {"S": "PLACED"}, "n": {"N": "1"}})
+    shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="LATEST")[
+        "ShardIterator"
+    ]
+    update = mark("sets", "a")
+    update["Update"]["UpdateExpression"] = "SET #s = :new, notifiedAt = :at"
+    update["Update"]["ExpressionAttributeValues"][":at"] = {"S": "2026-11-30T10:00:00Z"}
+
+    # When a transaction sets two attributes, one through a name placeholder
+    dynamodb.transact_write_items(TransactItems=[update])
+
+    # Then the item holds both, its other attributes untouched, and the stream one MODIFY of it
+    item = dynamodb.get_item(TableName="sets", Key={"id": {"S": "a"}})["Item"]
+    assert item == {
+        "id": {"S": "a"},
+        "status": {"S": "NOTIFIED"},
+        "n": {"N": "1"},
+        "notifiedAt": {"S": "2026-11-30T10:00:00Z"},
+    }
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    assert [(r["eventName"], r["dynamodb"]["NewImage"]["status"]["S"]) for r in records] == [
+        ("MODIFY", "NOTIFIED")
+    ]
+
+
+def test_a_transactions_other_updates_keep_moto_s_rules(patched_endpoint: str) -> None:
+    # Given a stored item
+    dynamodb, _, _ = make_table(patched_endpoint, "rules")
+    dynamodb.put_item(TableName="rules", Item={"id": {"S": "a"}, "n": {"N": "1"}})
+
+    def update(expression: str, values: dict[str, Any]) -> Any:
+        return {
+            "Update": {
+                "TableName": "rules",
+                "Key": {"id": {"S": "a"}},
+                "UpdateExpression": expression,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    # When one update does arithmetic and others name a reserved word or the key unquoted
+    dynamodb.transact_write_items(TransactItems=[update("SET n = n + :one", {":one": {"N": "1"}})])
+    with pytest.raises(ClientError) as reserved:
+        dynamodb.transact_write_items(TransactItems=[update("SET status = :s", {":s": {"S": "X"}})])
+    with pytest.raises(ClientError) as key:
+        dynamodb.transact_write_items(TransactItems=[update("SET id = :s", {":s": {"S": "b"}})])
+
+    # Then moto applied the arithmetic and refused the other two, as DynamoDB does
+    assert dynamodb.get_item(TableName="rules", Key={"id": {"S": "a"}})["Item"]["n"] == {"N": "2"}
+    assert reserved.value.response["Error"]["Code"] == "ValidationException"
+    assert key.value.response["Error"]["Code"] == "ValidationException"

@@ -25,7 +25,8 @@ Apply once in the process that runs moto's server, before it serves (`apply_moto
    meanwhile are lost, and the table's stream becomes a new object, so every shard iterator
    already handed out reads the old one forever (a stream consumer stalls) after seeing the
    cancelled transaction's writes. It now checks every condition first and writes only if all
-   hold, as DynamoDB does, with no copies.
+   hold, as DynamoDB does, with no copies. Its updates of the form `SET a = :x, #b = :y` are
+   applied directly: moto parsed and validated each afresh, 1.15 ms of CPU an item.
 6. Two writes at once could give two stream records the same sequence number; appending to
    a table's stream takes a lock.
 7. The server looked up which service a request is for by listing moto's package folder on
@@ -42,9 +43,11 @@ None of this changes what a client sees, only that it stays true under load.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -178,6 +181,7 @@ def _patch_dynamodb() -> None:
         targets: set[tuple[str, str]] = set()
         errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
         writes: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        conditions: dict[tuple[str, str, str], Any] = {}  # the items of a transaction share expressions
         for item in transact_items:
             if len(item) > 1:
                 raise TransactWriteSingleOpException
@@ -201,9 +205,11 @@ def _patch_dynamodb() -> None:
                 current = self.get_item(table_name, key)
                 condition = op.get("ConditionExpression")
                 if condition is not None:
-                    check = get_filter_expression(
-                        condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
-                    )
+                    names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                    parsed = (condition, repr(names), repr(values))
+                    if parsed not in conditions:
+                        conditions[parsed] = get_filter_expression(condition, names, values)
+                    check = conditions[parsed]
                     if not check.expr(current):
                         if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
                             current_item = current.to_json()["Attributes"]
@@ -229,7 +235,7 @@ def _patch_dynamodb() -> None:
                 self.put_item(op["TableName"], op["Item"], **common)
             elif op_type == "Delete":
                 self.delete_item(op["TableName"], key, **common)
-            else:
+            elif not _set_values(self.get_table(op["TableName"]), key, op):
                 self.update_item(op["TableName"], key, update_expression=op["UpdateExpression"], **common)
 
     backend = dynamodb_models.DynamoDBBackend
@@ -248,6 +254,51 @@ def _patch_dynamodb() -> None:
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[method-assign,assignment]
+
+
+_PLAIN_NAME = re.compile(r"#?[A-Za-z_][A-Za-z0-9_]*")
+_PLACEHOLDER = re.compile(r":[A-Za-z0-9_]+")
+_SET = re.compile(r"\s*SET\s+(.+)", re.IGNORECASE | re.DOTALL)
+
+
+def _set_values(table: Any, key: dict[str, Any], op: dict[str, Any]) -> bool:
+    """Apply an update of the form `SET a = :x, #b = :y` to an existing item directly; False
+    (nothing done) for any other update, which moto's own update_item then applies.
+
+    moto parses, validates (some 170 node visits) and executes every update expression
+    afresh: 1.15 ms of CPU per item, 115 ms for the notifier's 100-order transaction.
+    """
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.parsing.reserved_keywords import ReservedKeywords
+
+    match = _SET.fullmatch(op.get("UpdateExpression") or "")
+    if match is None:
+        return False
+    names = op.get("ExpressionAttributeNames") or {}
+    values = op.get("ExpressionAttributeValues") or {}
+    reserved = ReservedKeywords.get_reserved_keywords()
+    assignments: list[tuple[str, dict[str, Any]]] = []
+    for assignment in match.group(1).split(","):
+        target, equals, placeholder = (part.strip() for part in assignment.partition("="))
+        if not equals or not _PLAIN_NAME.fullmatch(target) or not _PLACEHOLDER.fullmatch(placeholder):
+            return False
+        name = names.get(target) if target.startswith("#") else target
+        if name is None or placeholder not in values or target.upper() in reserved:
+            return False
+        if name in (table.hash_key_attr, table.range_key_attr):
+            return False  # an error, as moto words it
+        assignments.append((name, values[placeholder]))
+    hash_value = DynamoType(key[table.hash_key_attr])
+    range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+    item = table.get_item(hash_value, range_value)
+    if item is None:
+        return False
+    before = copy.deepcopy(item)  # the stream's old image
+    for name, value in assignments:
+        item.attrs[name] = DynamoType(value)
+    if table.stream_shard is not None:
+        table.stream_shard.add(before, item)
+    return True
 
 
 def get_records(self: Any) -> tuple[str, dict[str, str]]:
