@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from orderpipe.local.config import DEFAULT_WORKERS
 from orderpipe.stack.template import TemplateError, project_root
 
 if TYPE_CHECKING:
@@ -69,11 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="function logs (default .orderpipe/functions.log); moto.log goes beside it",
     )
     local.add_argument(
+        "--workers",
         "--api-workers",
+        dest="workers",
         type=int,
-        default=2,
-        help="worker processes (execution environments) of each function behind the API, each "
-        "handling one request at a time (default 2; 0 runs them in this process, one at a time)",
+        default=DEFAULT_WORKERS,
+        help="worker processes (execution environments) of each function invoked concurrently - "
+        "behind the API or triggered by a queue - each handling one invocation at a time "
+        f"(default {DEFAULT_WORKERS}; 0 runs them in this process, one at a time)",
     )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
@@ -144,7 +148,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         state_file=args.state_file,
         function_log=getattr(args, "log_file", None),
         drain_timeout=getattr(args, "drain_timeout", 60.0),
-        api_workers=getattr(args, "api_workers", 2),
+        workers=getattr(args, "workers", DEFAULT_WORKERS),
     )
 
 

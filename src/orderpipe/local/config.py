@@ -13,6 +13,7 @@ DEFAULT_API_PORT = 3000
 DEFAULT_AWS_PORT = 4566  # the port AWS emulators conventionally use; events/env.local.json names it
 LOCAL_SUPPORT_EMAIL = "support@orderpipe.local"
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 60.0
+DEFAULT_WORKERS = 4
 
 
 @dataclass
@@ -30,9 +31,10 @@ class PipelineConfig:
     endpoint_log: Path | None = None
     stack_name: str = LOCAL_STACK_NAME
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
-    # Execution environments (worker processes) of each function the HTTP API routes to;
-    # 0 runs them in this process, one invocation at a time.
-    api_workers: int = 2
+    # Execution environments (worker processes) of each function invoked concurrently: those
+    # the HTTP API routes to and those an SQS queue triggers; 0 runs them in this process, one
+    # invocation at a time.
+    workers: int = DEFAULT_WORKERS
 
     def __post_init__(self) -> None:
         local = self.root / STATE_DIR

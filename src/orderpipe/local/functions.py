@@ -73,7 +73,7 @@ def load_functions(stack: Stack, root: Path) -> dict[str, LocalFunction]:
 
 
 class Invocable(Protocol):
-    """What the HTTP API needs of a function: invoke it with an event."""
+    """What the HTTP API and the SQS event source need of a function: invoke it with an event."""
 
     function_id: str
     invocations: int

@@ -68,7 +68,7 @@ class LocalPipeline:
         self.endpoint: AwsEndpoint | None = None
         self.stack: Stack | None = None
         self.functions: dict[str, LocalFunction] = {}
-        self.api_pools: list[ProcessPoolFunction] = []
+        self.pools: list[ProcessPoolFunction] = []
         self.api: LocalHttpApi | None = None
         self.sources: list[Poller] = []
         self.outbox: EmailOutbox | None = None
@@ -123,10 +123,10 @@ class LocalPipeline:
         # hold: it goes to a file, the console is for the pipeline's own lines.
         self._redirect_function_output()
         self.functions = load_functions(stack, config.root)
-        # Before any thread starts (pollers, outbox, API): the API's functions fork their workers.
-        api_functions = self._api_functions(http_api)
+        # Before any thread starts (pollers, outbox, API): the worker processes are forked here.
+        functions = self._function_pools(stack, http_api)
 
-        self.sources = self._event_sources(stack)
+        self.sources = self._event_sources(stack, functions)
         stream_sources = [s for s in self.sources if isinstance(s, DynamoDBStreamEventSource)]
         self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources)
         assert config.outbox_dir is not None
@@ -135,7 +135,7 @@ class LocalPipeline:
         for source in self.sources:
             source.start()
 
-        self.api.start(api_functions)
+        self.api.start(functions)
         if config.state_file is not None:
             PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir).write(
                 config.state_file
@@ -143,16 +143,34 @@ class LocalPipeline:
         self._announce(http_api)
         self._started = True
 
-    def _api_functions(self, http_api: HttpApi) -> dict[str, Invocable]:
-        """The functions the API invokes: each it routes to in `api_workers` worker processes."""
+    def _function_pools(self, stack: Stack, http_api: HttpApi) -> dict[str, Invocable]:
+        """Every function, and those invoked concurrently - routed to by the API or triggered by
+        an SQS queue - each in `workers` worker processes (execution environments)."""
         functions: dict[str, Invocable] = dict(self.functions)
-        if self.config.api_workers < 1:
+        if self.config.workers < 1:
             return functions
-        for function_id in sorted({route.function_id for route in http_api.routes}):
-            if function_id in self.functions:
-                pool = ProcessPoolFunction(self.functions[function_id], self.config.api_workers)
-                self.api_pools.append(pool)
-                functions[function_id] = pool
+        concurrent = {route.function_id for route in http_api.routes}
+        for function_id in self.functions:
+            for mapping in stack.event_source_mappings(function_id):
+                if (
+                    as_bool(mapping.get("Enabled", True))
+                    and arn_service(str(mapping.get("EventSourceArn"))) == "sqs"
+                ):
+                    concurrent.add(function_id)
+        import os as _os
+
+        api_ids = {route.function_id for route in http_api.routes}
+        for function_id in sorted(concurrent & self.functions.keys()):
+            n = (
+                self.config.workers
+                if function_id in api_ids
+                else int(_os.environ.get("EXP_QW", self.config.workers))
+            )
+            if n == 0:
+                continue
+            pool = ProcessPoolFunction(self.functions[function_id], n)
+            self.pools.append(pool)
+            functions[function_id] = pool
         return functions
 
     def _endpoint_ready(self, endpoint: AwsEndpoint) -> AwsEndpoint:
@@ -197,7 +215,7 @@ class LocalPipeline:
 
         warnings.showwarning = show_in_function_log
 
-    def _event_sources(self, stack: Stack) -> list[Poller]:
+    def _event_sources(self, stack: Stack, functions: dict[str, Invocable]) -> list[Poller]:
         """One poller per event source mapping of the template, by the service of its source."""
         assert self.endpoint is not None
         sources: list[Poller] = []
@@ -207,7 +225,9 @@ class LocalPipeline:
                     continue
                 match arn_service(str(mapping.get("EventSourceArn", ""))):
                     case "sqs":
-                        sources.append(SqsEventSource(stack, mapping, function, self.endpoint.url))
+                        sources.append(
+                            SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url)
+                        )
                     case "dynamodb":
                         sources.append(DynamoDBStreamEventSource(stack, mapping, function, self.endpoint.url))
                     case _:
@@ -344,12 +364,12 @@ class LocalPipeline:
         stop_timeout = STOP_TIMEOUT_SECONDS if alive else 5.0  # without an endpoint, nothing to finish
         if self.api is not None:
             self.api.close(timeout=0)
-        for pool in self.api_pools:  # the API answers no more requests: end its workers
-            _stop_quietly(pool, stop_timeout)
-            pool.kill()  # those still stuck in an invocation
-        self.api_pools = []
         for source in self.sources:
             _stop_quietly(source, stop_timeout)
+        for pool in self.pools:  # no request or batch left to invoke: end the workers
+            _stop_quietly(pool, stop_timeout)
+            pool.kill()  # those still stuck in an invocation
+        self.pools = []
         if self.outbox is not None:
             _stop_quietly(self.outbox, stop_timeout)  # after the notifier: delivers what it published last
         if self.monitor is not None and self._started:

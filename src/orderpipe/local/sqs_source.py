@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from orderpipe.local.batch_response import reported_failures
 from orderpipe.local.event_filter import EventFilter
-from orderpipe.local.functions import LocalFunction
+from orderpipe.local.functions import Invocable
 from orderpipe.local.polling import INVOKE_PAYLOAD_LIMIT, Counters, as_bool, as_float, as_int, aws_client
 from orderpipe.stack.provision import Stack
 
@@ -54,7 +54,7 @@ class SqsEventSource:
         self,
         stack: Stack,
         mapping: dict[str, Any],
-        function: LocalFunction,
+        function: Invocable,
         endpoint_url: str,
         *,
         max_concurrency: int | None = None,
