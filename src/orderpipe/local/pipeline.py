@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Protocol, TextIO, runtime_checkable
+from typing import IO, Any, Protocol, TextIO, runtime_checkable
 
 from orderpipe import resources
 from orderpipe.local.api import HttpApi, LocalHttpApi, http_api_from_template
@@ -150,25 +150,9 @@ class LocalPipeline:
         if self.config.workers < 1:
             return functions
         concurrent = {route.function_id for route in http_api.routes}
-        for function_id in self.functions:
-            for mapping in stack.event_source_mappings(function_id):
-                if (
-                    as_bool(mapping.get("Enabled", True))
-                    and arn_service(str(mapping.get("EventSourceArn"))) == "sqs"
-                ):
-                    concurrent.add(function_id)
-        import os as _os
-
-        api_ids = {route.function_id for route in http_api.routes}
+        concurrent |= {function_id for function_id, _, service in self._mappings(stack) if service == "sqs"}
         for function_id in sorted(concurrent & self.functions.keys()):
-            n = (
-                self.config.workers
-                if function_id in api_ids
-                else int(_os.environ.get("EXP_QW", self.config.workers))
-            )
-            if n == 0:
-                continue
-            pool = ProcessPoolFunction(self.functions[function_id], n)
+            pool = ProcessPoolFunction(self.functions[function_id], self.config.workers)
             self.pools.append(pool)
             functions[function_id] = pool
         return functions
@@ -219,22 +203,25 @@ class LocalPipeline:
         """One poller per event source mapping of the template, by the service of its source."""
         assert self.endpoint is not None
         sources: list[Poller] = []
-        for function_id, function in self.functions.items():
-            for mapping in stack.event_source_mappings(function_id):
-                if not as_bool(mapping.get("Enabled", True)):
-                    continue
-                match arn_service(str(mapping.get("EventSourceArn", ""))):
-                    case "sqs":
-                        sources.append(
-                            SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url)
-                        )
-                    case "dynamodb":
-                        sources.append(DynamoDBStreamEventSource(stack, mapping, function, self.endpoint.url))
-                    case _:
-                        raise TemplateError(
-                            f"{function_id}: event source {mapping.get('EventSourceArn')} is not run locally"
-                        )
+        for function_id, mapping, service in self._mappings(stack):
+            match service:
+                case "sqs":
+                    sources.append(SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url))
+                case "dynamodb":
+                    function = self.functions[function_id]
+                    sources.append(DynamoDBStreamEventSource(stack, mapping, function, self.endpoint.url))
+                case _:
+                    raise TemplateError(
+                        f"{function_id}: event source {mapping.get('EventSourceArn')} is not run locally"
+                    )
         return sources
+
+    def _mappings(self, stack: Stack) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """(function id, mapping, service of its source) of each enabled event source mapping."""
+        for function_id in self.functions:
+            for mapping in stack.event_source_mappings(function_id):
+                if as_bool(mapping.get("Enabled", True)):
+                    yield function_id, mapping, arn_service(str(mapping.get("EventSourceArn", "")))
 
     def _on_email(self, path: Path, summary: str) -> None:
         with self._emails_lock:
