@@ -31,20 +31,10 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _MAX_LINE = 65_536
 _MAX_HEADERS = 200
 _IDLE_TIMEOUT_SECONDS = 300.0
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    411: "Length Required",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-}
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    """Answered 400 with its message, and the connection closed."""
 
 
 class WsgiServer:
@@ -94,8 +84,14 @@ class WsgiServer:
                 try:
                     keep_alive = self._serve_request(connection, reader, address)
                 except _BadRequest as error:
-                    self._send(
-                        connection, error.status, [("Content-Type", "text/plain")], str(error).encode(), False
+                    body = str(error).encode()
+                    _send(
+                        connection,
+                        "400 Bad Request",
+                        [("Content-Type", "text/plain")],
+                        body,
+                        len(body),
+                        False,
                     )
                     return
                 if not keep_alive:
@@ -120,7 +116,7 @@ class WsgiServer:
         try:
             method, target, version = request_line.decode("latin-1").split()
         except ValueError as error:
-            raise _BadRequest(400, "malformed request line") from error
+            raise _BadRequest("malformed request line") from error
         headers = _read_headers(reader)
         if headers.get("expect", "").lower() == "100-continue":
             connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -176,7 +172,7 @@ class WsgiServer:
             payload = b"internal error"
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         status_line, response_headers = started
-        self._send_raw(
+        _send(
             connection,
             status_line,
             response_headers,
@@ -186,37 +182,26 @@ class WsgiServer:
         )
         return keep_alive
 
-    def _send(
-        self,
-        connection: socket.socket,
-        status: int,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        keep_alive: bool,
-    ) -> None:
-        self._send_raw(
-            connection, f"{status} {_REASONS.get(status, '')}", headers, body, len(body), keep_alive
-        )
 
-    @staticmethod
-    def _send_raw(
-        connection: socket.socket,
-        status_line: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        length: int,
-        keep_alive: bool,
-    ) -> None:
-        lines = [f"HTTP/1.1 {status_line}"]
-        lines += [
-            f"{name}: {value}"
-            for name, value in headers
-            if name.lower() not in ("content-length", "connection", "transfer-encoding")
-        ]
-        lines.append(f"Content-Length: {length}")
-        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        connection.sendall(head + body)
+def _send(
+    connection: socket.socket,
+    status_line: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    length: int,
+    keep_alive: bool,
+) -> None:
+    """The response in one write; `length` is the Content-Length (a HEAD answer has no body)."""
+    lines = [f"HTTP/1.1 {status_line}"]
+    lines += [
+        f"{name}: {value}"
+        for name, value in headers
+        if name.lower() not in ("content-length", "connection", "transfer-encoding")
+    ]
+    lines.append(f"Content-Length: {length}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    connection.sendall(head + body)
 
 
 def _read_headers(reader: io.BufferedReader) -> dict[str, str]:
@@ -229,11 +214,11 @@ def _read_headers(reader: io.BufferedReader) -> dict[str, str]:
             return headers
         name, colon, value = line.decode("latin-1").partition(":")
         if not colon:
-            raise _BadRequest(400, "malformed header line")
+            raise _BadRequest("malformed header line")
         key = name.strip().lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    raise _BadRequest(400, "too many headers")
+    raise _BadRequest("too many headers")
 
 
 def _read_body(reader: io.BufferedReader, headers: dict[str, str]) -> bytes:
@@ -244,7 +229,7 @@ def _read_body(reader: io.BufferedReader, headers: dict[str, str]) -> bytes:
             try:
                 size = int(size_line.split(b";", 1)[0].strip(), 16)
             except ValueError as error:
-                raise _BadRequest(400, "malformed chunk size") from error
+                raise _BadRequest("malformed chunk size") from error
             if size == 0:
                 while reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
@@ -257,9 +242,9 @@ def _read_body(reader: io.BufferedReader, headers: dict[str, str]) -> bytes:
     try:
         size = int(length)
     except ValueError as error:
-        raise _BadRequest(400, "malformed Content-Length") from error
+        raise _BadRequest("malformed Content-Length") from error
     if size < 0:
-        raise _BadRequest(400, "malformed Content-Length")
+        raise _BadRequest("malformed Content-Length")
     body = reader.read(size)
     if len(body) != size:
         raise OSError("closed mid-body")
