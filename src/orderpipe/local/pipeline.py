@@ -144,15 +144,19 @@ class LocalPipeline:
         self._started = True
 
     def _function_pools(self, stack: Stack, http_api: HttpApi) -> dict[str, Invocable]:
-        """Every function, and those invoked concurrently - routed to by the API or triggered by
-        an SQS queue - each in `workers` worker processes (execution environments)."""
+        """Every function, each in worker processes (execution environments) of its own: those
+        invoked concurrently - routed to by the API or triggered by an SQS queue - in `workers`
+        of them, those triggered by a DynamoDB stream in one, as a shard is read one batch at a
+        time (and a local stream has one shard)."""
         functions: dict[str, Invocable] = dict(self.functions)
         if self.config.workers < 1:
             return functions
+        workers = {function_id: 1 for function_id, _, service in self._mappings(stack) if service == "dynamodb"}
         concurrent = {route.function_id for route in http_api.routes}
         concurrent |= {function_id for function_id, _, service in self._mappings(stack) if service == "sqs"}
-        for function_id in sorted(concurrent & self.functions.keys()):
-            pool = ProcessPoolFunction(self.functions[function_id], self.config.workers)
+        workers |= dict.fromkeys(concurrent, self.config.workers)
+        for function_id in sorted(workers.keys() & self.functions.keys()):
+            pool = ProcessPoolFunction(self.functions[function_id], workers[function_id])
             self.pools.append(pool)
             functions[function_id] = pool
         return functions
@@ -208,8 +212,9 @@ class LocalPipeline:
                 case "sqs":
                     sources.append(SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url))
                 case "dynamodb":
-                    function = self.functions[function_id]
-                    sources.append(DynamoDBStreamEventSource(stack, mapping, function, self.endpoint.url))
+                    sources.append(
+                        DynamoDBStreamEventSource(stack, mapping, functions[function_id], self.endpoint.url)
+                    )
                 case _:
                     raise TemplateError(
                         f"{function_id}: event source {mapping.get('EventSourceArn')} is not run locally"

@@ -38,7 +38,7 @@ from botocore.exceptions import ClientError
 
 from orderpipe.local.batch_response import reported_failures
 from orderpipe.local.event_filter import EventFilter
-from orderpipe.local.functions import LocalFunction
+from orderpipe.local.functions import Invocable
 from orderpipe.local.polling import (
     INVOKE_PAYLOAD_LIMIT,
     Counters,
@@ -94,7 +94,7 @@ class DynamoDBStreamEventSource:
         self,
         stack: Stack,
         mapping: dict[str, Any],
-        function: LocalFunction,
+        function: Invocable,
         endpoint_url: str,
         *,
         poll_interval: float = POLL_INTERVAL_SECONDS,
