@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.test import Client, TestResponse
 
 from orderpipe.local import moto_patches
 from orderpipe.local.config import LOCAL_STACK_NAME, LOCAL_SUPPORT_EMAIL, PipelineConfig, load_local_template
-from orderpipe.local.endpoint import AwsEndpoint, EndpointError
+from orderpipe.local.endpoint import AwsEndpoint, EndpointError, JsonProtocolRoutes
 from orderpipe.local.environment import sam_env_vars
 from orderpipe.local.state import find_stack
 from orderpipe.stack.provision import Stack, provision_stack
@@ -21,6 +24,8 @@ from orderpipe.stack.template import Template
 from tests.conftest import EVENTS, ROOT
 
 DOCKER_ENDPOINT = "http://host.docker.internal:4566"
+# What moto's app reads of a signed request: the service and region of its credential scope.
+_SIGNATURE = "AWS4-HMAC-SHA256 Credential=testing/20261130/us-east-1/{service}/aws4_request"
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +190,64 @@ def test_the_endpoints_fast_get_records_answers_what_moto_would(monkeypatch: pyt
     # Then a client sees the same records
     assert [record["eventName"] for record in by_moto["Records"]] == ["INSERT", "INSERT", "MODIFY", "REMOVE"]
     assert by_shortcut["Records"] == by_moto["Records"]
+
+
+def test_the_endpoints_direct_json_routes_answer_what_moto_s_app_would() -> None:
+    # Given moto's app, and the same app with the JSON protocol's hot calls routed directly
+    moto_app = Client(DomainDispatcherApplication(create_backend_app))
+    direct = Client(JsonProtocolRoutes(DomainDispatcherApplication(create_backend_app)))
+    table = {
+        "TableName": "direct-routes",
+        "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    conditional_put = {
+        "TableName": "direct-routes",
+        "Item": {"k": {"S": "taken"}},
+        "ConditionExpression": "attribute_not_exists(k)",
+    }
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("DynamoDB_20120810.ListTables", {}),
+        ("DynamoDB_20120810.DescribeTable", {"TableName": "missing"}),
+        ("DynamoDB_20120810.PutItem", conditional_put),
+        ("DynamoDB_20120810.GetItem", {"TableName": "direct-routes", "Key": {"k": {"S": "taken"}}}),
+        ("DynamoDBStreams_20120810.ListStreams", {}),
+        ("AmazonSQS.GetQueueUrl", {"QueueName": "missing"}),
+        ("AmazonSQS.ListQueues", {}),
+    ]
+    with mock_aws():
+        _json_call(moto_app, "DynamoDB_20120810.CreateTable", table)
+        _json_call(moto_app, "DynamoDB_20120810.PutItem", conditional_put)
+
+        # When each call is made to both
+        for target, body in calls:
+            expected = _json_call(moto_app, target, body)
+            answer = _json_call(direct, target, body)
+
+            # Then the answers are the same: status, content type and body
+            assert (answer.status_code, answer.content_type) == (
+                expected.status_code,
+                expected.content_type,
+            ), target
+            assert answer.get_json(force=True) == expected.get_json(force=True), target
+
+        # And what is not a JSON protocol call still reaches moto's app (SNS speaks the query protocol)
+        topics = direct.post(
+            "/",
+            data="Action=ListTopics&Version=2010-03-31",
+            content_type="application/x-www-form-urlencoded",
+            headers={"Authorization": _SIGNATURE.format(service="sns")},
+        )
+        assert topics.status_code == 200
+        assert b"ListTopicsResponse" in topics.data
+
+
+def _json_call(client: Client, target: str, body: dict[str, Any]) -> TestResponse:
+    service = "sqs" if target.startswith("AmazonSQS") else "dynamodb"
+    headers = {
+        "X-Amz-Target": target,
+        "Content-Type": "application/x-amz-json-1.0",
+        "Authorization": _SIGNATURE.format(service=service),
+    }
+    return client.post("/", data=json.dumps(body), headers=headers)

@@ -151,9 +151,10 @@ class LocalPipeline:
         functions: dict[str, Invocable] = dict(self.functions)
         if self.config.workers < 1:
             return functions
-        workers = {function_id: 1 for function_id, _, service in self._mappings(stack) if service == "dynamodb"}
+        mappings = [(function_id, service) for function_id, _, service in self._mappings(stack)]
+        workers = {function_id: 1 for function_id, service in mappings if service == "dynamodb"}
         concurrent = {route.function_id for route in http_api.routes}
-        concurrent |= {function_id for function_id, _, service in self._mappings(stack) if service == "sqs"}
+        concurrent |= {function_id for function_id, service in mappings if service == "sqs"}
         workers |= dict.fromkeys(concurrent, self.config.workers)
         for function_id in sorted(workers.keys() & self.functions.keys()):
             pool = ProcessPoolFunction(self.functions[function_id], workers[function_id])
