@@ -9,8 +9,9 @@ import signal
 import sys
 import threading
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,8 +87,11 @@ class FunctionError(Exception):
     """The handler raised in a worker process; the message carries its traceback."""
 
 
-# The handler of a worker process (one per process, set by its initializer).
+# The handler of a worker process (one per process, loaded when it starts).
 _worker_handler: Handler | None = None
+# This process's ends of its workers' pipes: a worker closes those it inherits, so that each
+# pipe is held by its worker and the pipeline only, and a worker sees EOF when the pipeline goes.
+_pipeline_ends: list[Connection] = []
 
 
 def _init_worker(code_dir: Path, handler_name: str, module_alias: str) -> None:
@@ -96,12 +100,10 @@ def _init_worker(code_dir: Path, handler_name: str, module_alias: str) -> None:
     global _worker_handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for inherited in _pipeline_ends:
+        inherited.close()
     resources.reset()
     _worker_handler = load_handler(code_dir, handler_name, module_alias)
-
-
-def _warm_up() -> int:
-    return os.getpid()
 
 
 def _invoke_in_worker(
@@ -122,13 +124,43 @@ def _invoke_in_worker(
         sys.stdout.flush()
 
 
+def _serve_invocations(connection: Connection, function: LocalFunction) -> None:
+    """A worker process: load the handler, say so, then invoke it with each event received
+    until told to stop (None) or the pipeline goes away."""
+    assert function.code_dir is not None
+    try:
+        _init_worker(function.code_dir, function.handler_name, f"{function.function_id}_app")
+    except BaseException:
+        connection.send((False, traceback.format_exc()))
+        raise
+    connection.send((True, os.getpid()))
+    while True:
+        try:
+            event = connection.recv()
+        except EOFError:
+            return
+        if event is None:
+            return
+        connection.send(
+            _invoke_in_worker(function.function_id, function.timeout_seconds, function.memory_mb, event)
+        )
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    connection: Connection  # the pipeline's end of the worker's pipe
+    alive: bool = True
+
+
 class ProcessPoolFunction:
     """A function run in `workers` execution environments, each a forked process that handles
     one invocation at a time, so that invocations run in parallel without sharing the
-    handler's module state.
+    handler's module state. An invocation takes a free worker and talks to it over its own
+    pipe: no thread of this process stands between the caller and the worker.
 
     Create it before any thread of this process starts (forking a process with running threads
-    is unsafe): the workers are forked at once, here.
+    is unsafe): the workers are forked at once, here, and loaded before it returns.
     """
 
     def __init__(self, function: LocalFunction, workers: int) -> None:
@@ -136,55 +168,97 @@ class ProcessPoolFunction:
             raise ValueError(f"{function.function_id}: no code to load in a worker")
         self.function_id = function.function_id
         self.name = f"{function.function_id} workers"
-        self.timeout_seconds = function.timeout_seconds
-        self.memory_mb = function.memory_mb
         self.workers = workers
         self.invocations = 0
         self.errors = 0
-        self._lock = threading.Lock()
+        self._free: list[_Worker] = []
+        self._free_changed = threading.Condition()
+        self._stopping = False
         sys.stdout.flush()  # what is buffered would be written again by every worker
         sys.stderr.flush()
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_init_worker,
-            initargs=(function.code_dir, function.handler_name, f"{function.function_id}_app"),
-        )
-        # Fork every worker now (the fork context launches them all on the first submit) and
-        # wait until each is loaded; a worker that fails to load breaks the pool here.
-        warm_ups = [self._pool.submit(_warm_up) for _ in range(workers)]
-        for warm_up in warm_ups:
-            warm_up.result()
+        context = multiprocessing.get_context("fork")
+        self._workers: list[_Worker] = []
+        for _ in range(workers):
+            pipeline_end, worker_end = context.Pipe()
+            process = context.Process(
+                target=_serve_invocations,
+                args=(worker_end, function),
+                name=f"{function.function_id} worker",
+                daemon=True,
+            )
+            process.start()
+            worker_end.close()
+            _pipeline_ends.append(pipeline_end)
+            self._workers.append(_Worker(process, pipeline_end))
+        for worker in self._workers:  # a worker that fails to load fails the pipeline's start
+            try:
+                loaded, detail = worker.connection.recv()
+            except EOFError:
+                loaded, detail = False, "the worker exited while loading"
+            if not loaded:
+                self.kill()
+                raise FunctionError(f"{self.function_id}: a worker could not load the handler:\n{detail}")
+            self._free.append(worker)
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        """Call the handler in a free worker. An exception it raises is a FunctionError."""
-        with self._lock:
-            self.invocations += 1
+        """Call the handler in a free worker (waiting for one). An exception it raises, or the
+        worker's death, is a FunctionError."""
+        worker = self._take()
         try:
-            ok, result = self._pool.submit(
-                _invoke_in_worker, self.function_id, self.timeout_seconds, self.memory_mb, event
-            ).result()
-        except Exception:  # the worker died, say: a function error too
-            with self._lock:
-                self.errors += 1
-            raise
+            ok, result = self._call(worker, event)
+        finally:
+            with self._free_changed:
+                if worker.alive:
+                    self._free.append(worker)
+                self._free_changed.notify_all()
         if not ok:
-            with self._lock:
+            with self._free_changed:
                 self.errors += 1
             raise FunctionError(f"{self.function_id} raised:\n{result}")
         return result
 
+    def _take(self) -> _Worker:
+        with self._free_changed:
+            while not self._free:
+                if self._stopping:
+                    raise FunctionError(f"{self.function_id}: stopped")
+                if not any(worker.alive for worker in self._workers):
+                    raise FunctionError(f"{self.function_id}: every worker process died")
+                self._free_changed.wait()
+            if self._stopping:
+                raise FunctionError(f"{self.function_id}: stopped")
+            self.invocations += 1
+            return self._free.pop()
+
+    def _call(self, worker: _Worker, event: dict[str, Any]) -> tuple[bool, Any]:
+        try:
+            worker.connection.send(event)
+            answer: tuple[bool, Any] = worker.connection.recv()
+            return answer
+        except (EOFError, OSError) as error:  # the worker died, say: a function error too
+            worker.alive = False
+            return False, f"its worker (pid {worker.process.pid}) died: {error!r}"
+
     def stop(self) -> None:
         """Let the invocations in flight finish, then end the workers."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._free_changed:
+            self._stopping = True
+            self._free_changed.notify_all()  # those waiting for a worker are refused
+            self._free_changed.wait_for(
+                lambda: len(self._free) == sum(worker.alive for worker in self._workers)
+            )
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.connection.send(None)
+            worker.process.join()
+            worker.connection.close()
 
     def kill(self) -> None:
         """End the workers without waiting (their invocations are stuck)."""
-        processes = list(getattr(self._pool, "_processes", None) or {})
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for pid in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with self._free_changed:
+            self._stopping = True
+        for worker in self._workers:
+            worker.process.kill()  # SIGKILL, unless it has ended already
 
 
 class Poller(Protocol):

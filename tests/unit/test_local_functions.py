@@ -1,0 +1,137 @@
+"""Functions in worker processes: each worker one invocation at a time, errors as Lambda's."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orderpipe.local.functions import FunctionError, LocalFunction, ProcessPoolFunction
+
+HANDLER = """
+import os, time
+
+def lambda_handler(event, context):
+    if event.get("raise"):
+        raise ValueError("the order is " + event["raise"])
+    if event.get("exit"):
+        os._exit(3)
+    started = time.monotonic()
+    time.sleep(event.get("sleep", 0))
+    return {"pid": os.getpid(), "started": started, "ended": time.monotonic(),
+            "function": context.function_name, "echo": event.get("echo")}
+"""
+
+
+def pool_of(tmp_path: Path, workers: int, source: str = HANDLER) -> ProcessPoolFunction:
+    (tmp_path / "app.py").write_text(textwrap.dedent(source))
+    function_id = f"PoolFunction{tmp_path.name.replace('-', '_')}"
+    function = LocalFunction(
+        function_id,
+        handler=lambda event, context: None,
+        timeout_seconds=3,
+        memory_mb=128,
+        code_dir=tmp_path,
+        handler_name="app.lambda_handler",
+    )
+    return ProcessPoolFunction(function, workers)
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[ProcessPoolFunction]:
+    pool = pool_of(tmp_path, workers=2)
+    yield pool
+    pool.stop()
+
+
+def test_the_handler_runs_in_a_worker_process_with_the_event_and_a_context(
+    two_workers: ProcessPoolFunction,
+) -> None:
+    result = two_workers.invoke({"echo": "order 1"})
+
+    assert result["echo"] == "order 1"
+    assert result["function"] == two_workers.function_id
+    assert result["pid"] != os.getpid()
+    assert (two_workers.invocations, two_workers.errors) == (1, 0)
+
+
+def test_invocations_run_in_parallel_workers_and_one_at_a_time_in_each(
+    two_workers: ProcessPoolFunction,
+) -> None:
+    # When four invocations of 0.3 s arrive at once for two workers
+    results: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(two_workers.invoke({"sleep": 0.3}))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then both workers took two each, never two at once
+    assert len(results) == 4
+    by_worker: dict[int, list[dict[str, Any]]] = {}
+    for result in results:
+        by_worker.setdefault(result["pid"], []).append(result)
+    assert sorted(len(runs) for runs in by_worker.values()) == [2, 2]
+    for runs in by_worker.values():
+        first, second = sorted(runs, key=lambda run: run["started"])
+        assert first["ended"] <= second["started"]
+
+
+def test_a_handler_error_is_a_function_error_with_its_traceback_and_the_worker_goes_on(
+    two_workers: ProcessPoolFunction,
+) -> None:
+    with pytest.raises(FunctionError, match=r"(?s)ValueError: the order is malformed"):
+        two_workers.invoke({"raise": "malformed"})
+
+    assert two_workers.invoke({"echo": "next"})["echo"] == "next"
+    assert (two_workers.invocations, two_workers.errors) == (2, 1)
+
+
+def test_a_worker_that_dies_fails_its_invocation_and_the_others_still_serve(
+    two_workers: ProcessPoolFunction,
+) -> None:
+    with pytest.raises(FunctionError, match="died"):
+        two_workers.invoke({"exit": True})
+
+    answers = [two_workers.invoke({"echo": n}) for n in range(4)]
+    assert [answer["echo"] for answer in answers] == [0, 1, 2, 3]
+    assert len({answer["pid"] for answer in answers}) == 1
+    assert (two_workers.invocations, two_workers.errors) == (5, 1)
+
+
+def test_stop_lets_the_invocation_in_flight_finish_then_refuses_new_ones(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, workers=1)
+    results: list[dict[str, Any]] = []
+    in_flight = threading.Thread(target=lambda: results.append(pool.invoke({"sleep": 0.5, "echo": "last"})))
+    in_flight.start()
+    time.sleep(0.1)
+
+    pool.stop()
+    in_flight.join()
+
+    assert [result["echo"] for result in results] == ["last"]
+    with pytest.raises(FunctionError, match="stopped"):
+        pool.invoke({})
+
+
+def test_a_handler_that_cannot_load_fails_the_pool_at_once(tmp_path: Path) -> None:
+    with pytest.raises(FunctionError, match=r"(?s)could not load.*ZeroDivisionError"):
+        pool_of(tmp_path, workers=2, source="1 / 0\n")
+
+
+def test_once_every_worker_died_invocations_fail_at_once(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, workers=1)
+    with pytest.raises(FunctionError, match="died"):
+        pool.invoke({"exit": True})
+
+    with pytest.raises(FunctionError, match="every worker process died"):
+        pool.invoke({})
+    pool.stop()
