@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
+from orderpipe.local.gc_pauses import freeze_survivors
 from orderpipe.local.moto_patches import apply_moto_patches
 from orderpipe.local.wsgi_server import WsgiApp, WsgiServer
 
@@ -233,6 +234,7 @@ def _serve(host: str, port: int) -> int:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     apply_moto_patches()
+    freeze_survivors()
 
     # moto's app as moto's own server builds it, served on connections that stay open.
     app = JsonProtocolRoutes(DomainDispatcherApplication(create_backend_app))

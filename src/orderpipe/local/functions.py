@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from orderpipe import resources
 from orderpipe.lambda_context import LocalLambdaContext
+from orderpipe.local.gc_pauses import freeze_survivors
 from orderpipe.stack.functions import Handler, load_handler
 from orderpipe.stack.provision import Stack
 
@@ -104,6 +105,7 @@ def _init_worker(code_dir: Path, handler_name: str, module_alias: str) -> None:
         inherited.close()
     resources.reset()
     _worker_handler = load_handler(code_dir, handler_name, module_alias)
+    freeze_survivors()
 
 
 def _invoke_in_worker(

@@ -39,6 +39,7 @@ from orderpipe.local.functions import (
     ProcessPoolFunction,
     load_functions,
 )
+from orderpipe.local.gc_pauses import freeze_survivors
 from orderpipe.local.outbox import EmailOutbox
 from orderpipe.local.polling import arn_service, as_bool
 from orderpipe.local.sqs_source import SqsEventSource
@@ -125,6 +126,7 @@ class LocalPipeline:
         self.functions = load_functions(stack, config.root)
         # Before any thread starts (pollers, outbox, API): the worker processes are forked here.
         functions = self._function_pools(stack, http_api)
+        freeze_survivors()
 
         self.sources = self._event_sources(stack, functions)
         stream_sources = [s for s in self.sources if isinstance(s, DynamoDBStreamEventSource)]
