@@ -376,7 +376,8 @@ def child_pids(pid: int) -> list[int]:
 
 @dataclass
 class ProcessWatch:
-    """CPU used between `begin()` and `end()`, peak RSS, for the pipeline and its children (moto)."""
+    """CPU used between `begin()` and `end()`, peak RSS, for the pipeline and its descendants
+    (the function workers, moto, moto's DynamoDB)."""
 
     pids: dict[str, int] = field(default_factory=dict)
     first: dict[str, ProcessSample] = field(default_factory=dict)
@@ -387,13 +388,19 @@ class ProcessWatch:
         watch = cls()
         if pid is not None:
             watch.pids["pipeline"] = pid
-            for child in child_pids(pid):
+            descendants = child_pids(pid)
+            while descendants:
+                child = descendants.pop(0)
                 try:
                     command = Path(f"/proc/{child}/cmdline").read_bytes()
                 except OSError:
                     continue
-                moto = b"orderpipe.local.endpoint" in command
-                watch.pids["moto" if moto else f"child {child}"] = child
+                if b"orderpipe.local.endpoint" in command:
+                    name = "moto DynamoDB" if b"--only-dynamodb" in command else "moto"
+                else:
+                    name = f"child {child}"
+                watch.pids[name] = child
+                descendants += child_pids(child)
         return watch
 
     def _sample(self) -> dict[str, ProcessSample]:
@@ -784,18 +791,26 @@ def benchmark(args: argparse.Namespace, pipeline: Pipeline) -> int:
     report.row("  lost", str(len(lost)), "0", not lost)
     report.row("emails (.eml files)", str(outbox.emails))
     report.row("drained after the load in", f"{drained_in:.1f} s")
+    load_span = load_done - (result.schedule_start_wall)
+    total_cpu = 0.0
     for name in watch.pids:
         first, during, last = watch.first.get(name), watch_load.last.get(name), watch.last.get(name)
         if first is None or last is None:
             continue
         load_cpu = (during.cpu_seconds - first.cpu_seconds) if during else 0.0
-        load_span = load_done - (result.schedule_start_wall)
+        total_cpu += load_cpu
         report.row(
             f"{name} CPU (load / with drain)",
             f"{load_cpu:.1f} s ({load_cpu / load_span:.0%} of a core)"
             f" / {last.cpu_seconds - first.cpu_seconds:.1f} s",
         )
         report.row(f"{name} peak RSS", f"{last.peak_rss_kib / 1024:.0f} MiB")
+    if watch.first and accepted:
+        per_order = total_cpu / len(accepted) * 1000
+        report.row(
+            "all of them: CPU during the load",
+            f"{total_cpu / load_span:.0%} of a core, {per_order:.1f} ms an accepted order",
+        )
     print()
     print(f"orderpipe load benchmark ({len(os.sched_getaffinity(0))} CPUs)")
     print(f"  {'':<44} {'measured':<36} {'target':<22}")

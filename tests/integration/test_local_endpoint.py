@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,16 +119,18 @@ def test_stop_ends_the_process_and_frees_the_port() -> None:
     endpoint = AwsEndpoint(port=0)
     endpoint.start()
     process, port = endpoint._process, endpoint.port
+    dynamodb_port = urllib.parse.urlsplit(endpoint.url_for("dynamodb")).port
     assert process is not None
+    assert dynamodb_port not in (None, port)
 
     # When it is stopped
     endpoint.stop()
 
-    # Then the child exited on SIGTERM with status 0 and the port is free again
+    # Then the child exited on SIGTERM with status 0 and both its ports are free again
     assert process.returncode == 0
     assert not endpoint.running
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port or 0))
+    assert port_frees(port or 0)
+    assert port_frees(dynamodb_port or 0)
 
 
 def test_the_endpoint_exits_when_its_parent_goes_away() -> None:
@@ -133,15 +138,89 @@ def test_the_endpoint_exits_when_its_parent_goes_away() -> None:
     endpoint = AwsEndpoint(port=0)
     endpoint.start()
     process = endpoint._process
+    dynamodb_port = urllib.parse.urlsplit(endpoint.url_for("dynamodb")).port
     assert process is not None
     assert process.stdin is not None
 
     # When the pipe from its parent closes (as when the parent dies)
     process.stdin.close()
 
-    # Then it exits by itself
+    # Then it exits by itself, and so does its DynamoDB endpoint
     assert process.wait(timeout=10) == 0
+    assert port_frees(dynamodb_port or 0)
     endpoint.stop()
+
+
+def test_the_one_url_serves_dynamodb_kept_by_the_second_moto(endpoint: AwsEndpoint) -> None:
+    # Given a table created through the endpoint's URL
+    clients = {
+        url: boto3.client(
+            "dynamodb",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
+        for url in (endpoint.url, endpoint.url_for("dynamodb"))
+    }
+    public, direct = clients.values()
+    public.create_table(
+        TableName="served-twice",
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    # When an item is written on the DynamoDB URL, and a conditional write fails on the URL
+    direct.put_item(TableName="served-twice", Item={"k": {"S": "order-1"}})
+    with pytest.raises(public.exceptions.ConditionalCheckFailedException):
+        public.put_item(
+            TableName="served-twice",
+            Item={"k": {"S": "order-1"}},
+            ConditionExpression="attribute_not_exists(k)",
+        )
+
+    # Then both see the same table and item: one DynamoDB, in the second moto
+    assert public.get_item(TableName="served-twice", Key={"k": {"S": "order-1"}})["Item"] == {
+        "k": {"S": "order-1"}
+    }
+    assert "served-twice" in direct.list_tables()["TableNames"]
+
+
+def test_a_reset_of_the_endpoint_resets_its_dynamodb_too() -> None:
+    with AwsEndpoint(port=0) as endpoint:
+        dynamodb = boto3.client(
+            "dynamodb",
+            endpoint_url=endpoint.url_for("dynamodb"),
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
+        dynamodb.create_table(
+            TableName="reset-me",
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        urllib.request.urlopen(
+            urllib.request.Request(f"{endpoint.url}/moto-api/reset", method="POST"), timeout=10
+        )
+
+        assert dynamodb.list_tables()["TableNames"] == []
+
+
+def port_frees(port: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(0.1)
 
 
 def test_the_endpoints_fast_get_records_answers_what_moto_would(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,18 +1,24 @@
-"""The local AWS endpoint: moto in server mode, in a child process on a loopback port.
+"""The local AWS endpoint: moto in server mode, in child processes on loopback ports.
 
-A child process, so moto's CPU work (every SQS, DynamoDB and SNS call of the pipeline) does not
-compete with the API and the handlers for one GIL. The child binds the port itself (port 0
-picks a free one, without the race of probing for a free port first) and reports it on stdout;
-it exits when told to (SIGTERM) or when its parent goes away (stdin closes), so an endpoint
-never outlives the pipeline that started it.
+Child processes, so moto's CPU work (every SQS, DynamoDB and SNS call of the pipeline) does not
+compete with the API and the handlers for one GIL. Two of them, each with a GIL of its own:
+DynamoDB and DynamoDB Streams (the writer's and the notifier's tables) are served by a second
+moto, so an SQS call on the POST path never waits behind a 100-item transaction. The endpoint's
+one URL still serves every service: it forwards DynamoDB's calls (and `/moto-api/reset`) to the
+second; the functions and the stream poller reach it directly (`AWS_ENDPOINT_URL_DYNAMODB`...).
 
-Run as `python -m orderpipe.local.endpoint --host H --port P`.
+A child binds its port itself (port 0 picks a free one, without the race of probing for a free
+port first) and reports it on stdout; it exits when told to (SIGTERM) or when its parent goes
+away (stdin closes), so an endpoint never outlives the pipeline that started it.
+
+Run as `python -m orderpipe.local.endpoint --host H --port P [--only-dynamodb]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -23,6 +29,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,6 +42,8 @@ from orderpipe.local.wsgi_server import WsgiApp, WsgiServer
 
 DEFAULT_HOST = "127.0.0.1"
 _READY_PREFIX = "orderpipe-endpoint "
+# The services the second moto serves, by the prefix of their X-Amz-Target.
+DYNAMODB_SERVICES = {"DynamoDB_20120810": "dynamodb", "DynamoDBStreams_20120810": "dynamodbstreams"}
 _START_TIMEOUT_SECONDS = 30.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
@@ -50,13 +59,23 @@ class AwsEndpoint:
 
     `port=0` lets the child pick a free port. `log_path` receives the child's own output
     (moto's warnings and tracebacks); per-request logging is off, it would cost moto's CPU.
+    `only_dynamodb` is the second moto, started by the first: it writes to the first's log.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = 0, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        log_path: Path | None = None,
+        *,
+        only_dynamodb: bool = False,
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.log_path = log_path
+        self.only_dynamodb = only_dynamodb
         self.port: int | None = None
+        self.service_urls: dict[str, str] = {}  # the services served on a URL of their own
         self._process: subprocess.Popen[str] | None = None
         self._log_file: IO[str] | None = None
 
@@ -67,6 +86,10 @@ class AwsEndpoint:
             raise EndpointError("the endpoint is not started")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+    def url_for(self, service: str) -> str:
+        """Where a client of `service` ("dynamodb", "sqs"...) is best sent."""
+        return self.service_urls.get(service, self.url)
 
     @property
     def running(self) -> bool:
@@ -92,12 +115,14 @@ class AwsEndpoint:
             self.host,
             "--port",
             str(self.requested_port),
+            *(["--only-dynamodb"] if self.only_dynamodb else []),
         ]
+        stderr: IO[str] | int | None = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=self._log_file if self._log_file is not None else subprocess.DEVNULL,
+            stderr=None if self.only_dynamodb else stderr,
             text=True,
             # Ctrl-C in a terminal signals the whole foreground process group; the parent
             # decides when the endpoint stops (after the pipeline drained), so keep it apart.
@@ -131,7 +156,9 @@ class AwsEndpoint:
                     f" (exit code {self._process.returncode}){self._log_hint()}"
                 )
             if line.startswith(_READY_PREFIX):
-                port: int = json.loads(line[len(_READY_PREFIX) :])["port"]
+                ready = json.loads(line[len(_READY_PREFIX) :])
+                self.service_urls = dict(ready.get("services", {}))
+                port: int = ready["port"]
                 return port
         raise EndpointError(f"moto did not start within {timeout:.0f} s{self._log_hint()}")
 
@@ -187,7 +214,7 @@ class JsonProtocolRoutes:
     Flask would route them to, as moto's Flask view does. Flask's routing, request context and
     CORS hooks cost a third of moto's CPU per call; everything else goes through moto's app."""
 
-    def __init__(self, app: WsgiApp) -> None:
+    def __init__(self, app: WsgiApp, dynamodb_url: str | None = None) -> None:
         from moto.core.request import Request
         from moto.dynamodb.responses import DynamoHandler
         from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
@@ -198,6 +225,7 @@ class JsonProtocolRoutes:
 
         self.app = app
         self._request = ServerRequest
+        self._dynamodb = _Forwarder(dynamodb_url) if dynamodb_url else None
         self._handlers: dict[str, Callable[..., Any]] = {
             "AmazonSQS": SQSResponse.dispatch,
             "DynamoDB_20120810": DynamoHandler.dispatch,
@@ -205,8 +233,13 @@ class JsonProtocolRoutes:
         }
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        target = environ.get("HTTP_X_AMZ_TARGET", "")
-        handler = self._handlers.get(target.partition(".")[0])
+        target = environ.get("HTTP_X_AMZ_TARGET", "").partition(".")[0]
+        if self._dynamodb is not None:
+            if target in DYNAMODB_SERVICES:
+                return self._dynamodb(environ, start_response)
+            if environ.get("PATH_INFO") == "/moto-api/reset":
+                self._dynamodb.reset()
+        handler = self._handlers.get(target)
         if handler is None or environ["REQUEST_METHOD"] != "POST" or environ.get("PATH_INFO") != "/":
             return self.app(environ, start_response)
         from botocore.exceptions import ClientError
@@ -226,7 +259,61 @@ class JsonProtocolRoutes:
         return response
 
 
-def _serve(host: str, port: int) -> int:
+class _Forwarder:
+    """Passes a request on to the second moto and its answer back, on a connection per thread
+    (the server runs a thread per client connection)."""
+
+    _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding"})
+
+    def __init__(self, url: str) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self._address = (parsed.hostname or DEFAULT_HOST, parsed.port or 80)
+        self._local = threading.local()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        headers = {
+            name[5:].replace("_", "-").title(): value
+            for name, value in environ.items()
+            if name.startswith("HTTP_")
+        }
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        path = environ.get("PATH_INFO", "/") + (
+            f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else ""
+        )
+        status, reason, answer_headers, answer = self._exchange(
+            environ["REQUEST_METHOD"], path, body, headers
+        )
+        start_response(
+            f"{status} {reason}", [h for h in answer_headers if h[0].lower() not in self._HOP_BY_HOP]
+        )
+        return [answer]
+
+    def reset(self) -> None:
+        self._exchange("POST", "/moto-api/reset", b"", {})
+
+    def _exchange(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        for attempt in (1, 2):  # a kept-alive connection the other end closed is opened again
+            connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = self._local.connection = http.client.HTTPConnection(*self._address, timeout=60)
+            try:
+                connection.request(method, path, body, headers)
+                response = connection.getresponse()
+                return response.status, response.reason, response.getheaders(), response.read()
+            except (ConnectionError, http.client.HTTPException):
+                connection.close()
+                self._local.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _serve(host: str, port: int, only_dynamodb: bool) -> int:
     """The child: run moto until SIGTERM/SIGINT or until stdin closes (the parent is gone)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
@@ -236,12 +323,27 @@ def _serve(host: str, port: int) -> int:
     apply_moto_patches()
     freeze_survivors()
 
+    dynamodb: AwsEndpoint | None = None
+    services: dict[str, str] = {}
+    if not only_dynamodb:
+        dynamodb = AwsEndpoint(host, 0, only_dynamodb=True)
+        try:
+            dynamodb.start()
+        except EndpointError as error:
+            print(f"the DynamoDB endpoint did not start: {error}", file=sys.stderr)
+            return 1
+        services = dict.fromkeys(DYNAMODB_SERVICES.values(), dynamodb.url)
+
     # moto's app as moto's own server builds it, served on connections that stay open.
-    app = JsonProtocolRoutes(DomainDispatcherApplication(create_backend_app))
+    app = JsonProtocolRoutes(
+        DomainDispatcherApplication(create_backend_app), dynamodb.url if dynamodb is not None else None
+    )
     try:
         server = WsgiServer(app, host, port)
     except OSError as error:
         print(f"cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        if dynamodb is not None:
+            dynamodb.stop()
         return 1
     bound_port = server.port
     serving = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
@@ -252,7 +354,8 @@ def _serve(host: str, port: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(_READY_PREFIX + json.dumps({"port": bound_port, "pid": os.getpid()}), flush=True)
+    ready = {"port": bound_port, "pid": os.getpid(), "services": services}
+    print(_READY_PREFIX + json.dumps(ready), flush=True)
     try:
         sys.stdin.read()  # returns at EOF: the parent closed the pipe or exited
     except SystemExit:
@@ -260,6 +363,8 @@ def _serve(host: str, port: int) -> int:
     finally:
         server.shutdown()
         serving.join()
+        if dynamodb is not None:
+            dynamodb.stop()
     # Nothing of moto's state outlives it; skip tearing down the interpreter's modules.
     logging.shutdown()
     sys.stderr.flush()
@@ -270,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orderpipe.local.endpoint", description=__doc__)
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--only-dynamodb", action="store_true", help="the second moto (DynamoDB and its streams)"
+    )
     args = parser.parse_args(argv)
-    return _serve(args.host, args.port)
+    return _serve(args.host, args.port, args.only_dynamodb)
 
 
 if __name__ == "__main__":

@@ -121,11 +121,22 @@ def shared_environment(
     return merged
 
 
-def aws_environment(endpoint_url: str, region: str) -> dict[str, str]:
-    """What makes every boto3 client of this process talk to the local endpoint, never to AWS."""
+# botocore's variable for one service's endpoint is AWS_ENDPOINT_URL_ + its service id.
+_SERVICE_IDS = {"dynamodb": "DYNAMODB", "dynamodbstreams": "DYNAMODB_STREAMS"}
+
+
+def aws_environment(
+    endpoint_url: str, region: str, service_urls: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What makes every boto3 client of this process talk to the local endpoint, never to AWS;
+    `service_urls`: the services the endpoint serves on URLs of their own."""
     return {
         **DUMMY_CREDENTIALS,
         ENDPOINT_VARIABLE: endpoint_url,
+        **{
+            f"{ENDPOINT_VARIABLE}_{_SERVICE_IDS[service]}": url
+            for service, url in (service_urls or {}).items()
+        },
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
         "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon to send segments to

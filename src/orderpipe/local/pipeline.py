@@ -114,7 +114,7 @@ class LocalPipeline:
             ) from error
         self.endpoint = self._endpoint_ready(self.endpoint)
         self._saved_environ = dict(os.environ)
-        apply_environment(aws_environment(self.endpoint.url, template.region))
+        apply_environment(aws_environment(self.endpoint.url, template.region, self.endpoint.service_urls))
 
         self.stack = stack = provision_stack(template, endpoint_url=self.endpoint.url)
         apply_environment(shared_environment(stack, stack.functions(), env_file))
@@ -215,8 +215,11 @@ class LocalPipeline:
                 case "sqs":
                     sources.append(SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url))
                 case "dynamodb":
+                    function, streams_url = functions[function_id], self.endpoint.url_for("dynamodbstreams")
                     sources.append(
-                        DynamoDBStreamEventSource(stack, mapping, functions[function_id], self.endpoint.url)
+                        DynamoDBStreamEventSource(
+                            stack, mapping, function, self.endpoint.url, streams_url=streams_url
+                        )
                     )
                 case _:
                     raise TemplateError(

@@ -97,6 +97,7 @@ class DynamoDBStreamEventSource:
         function: Invocable,
         endpoint_url: str,
         *,
+        streams_url: str | None = None,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         retry_delay: float = RETRY_DELAY_SECONDS,
     ) -> None:
@@ -128,7 +129,9 @@ class DynamoDBStreamEventSource:
             if unsupported in mapping and str(mapping[unsupported]) not in ("", "1", "0"):
                 log.warning("%s: %s is not played locally; ignored", function.function_id, unsupported)
 
-        self._streams: DynamoDBStreamsClient = aws_client("dynamodbstreams", endpoint_url, self.region)
+        self._streams: DynamoDBStreamsClient = aws_client(
+            "dynamodbstreams", streams_url or endpoint_url, self.region
+        )
         self._sqs: SQSClient = aws_client("sqs", endpoint_url, self.region)
         self._sns: SNSClient = aws_client("sns", endpoint_url, self.region)
         try:
