@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from orderpipe.local.console import Console
 from orderpipe.local.environment import (
     EnvFileError,
     EnvVarsFile,
+    apply_environment,
+    aws_environment,
     function_environment,
     shared_environment,
 )
@@ -54,6 +57,28 @@ def test_the_endpoint_variable_is_never_taken_from_the_template_or_the_file(stac
     env_file = EnvVarsFile.parse({"Parameters": {"AWS_ENDPOINT_URL": "http://host.docker.internal:4566"}})
 
     assert "AWS_ENDPOINT_URL" not in function_environment(stack, "IngestFunction", env_file)
+
+
+def test_the_functions_variables_keep_the_endpoints_service_urls(stack: Stack) -> None:
+    saved = dict(os.environ)
+    try:
+        # Given a foreign endpoint for SQS in the environment
+        os.environ["AWS_ENDPOINT_URL_SQS"] = "https://sqs.example.com"
+
+        # When the local endpoint's variables are applied, then the functions'
+        apply_environment(
+            aws_environment("http://127.0.0.1:4566", "us-east-1", {"dynamodb": "http://127.0.0.1:5000"})
+        )
+        apply_environment(shared_environment(stack, stack.functions()))
+
+        # Then DynamoDB's URL of its own stays, and the foreign one is gone
+        assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4566"
+        assert os.environ["AWS_ENDPOINT_URL_DYNAMODB"] == "http://127.0.0.1:5000"
+        assert "AWS_ENDPOINT_URL_SQS" not in os.environ
+        assert os.environ["ORDERS_TABLE_NAME"] == "orderpipe-local-OrdersTable"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_one_process_shares_one_environment(stack: Stack) -> None:

@@ -144,7 +144,11 @@ def aws_environment(
 
 
 def apply_environment(variables: Mapping[str, str]) -> None:
-    """Set `variables` in os.environ, dropping whatever could send a client elsewhere."""
+    """Set `variables` in os.environ. When they name the endpoint (`aws_environment`), drop first
+    whatever else could send a client elsewhere."""
+    if ENDPOINT_VARIABLE not in variables:
+        os.environ.update(variables)
+        return
     for name in list(os.environ):
         if name.startswith(f"{ENDPOINT_VARIABLE}_") or name in (
             "AWS_PROFILE",
