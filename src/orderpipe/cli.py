@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from orderpipe.local.config import DEFAULT_WORKERS
+from orderpipe.local.config import DEFAULT_BACKGROUND_NICE, DEFAULT_WORKERS
 from orderpipe.stack.template import TemplateError, project_root
 
 if TYPE_CHECKING:
@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (execution environments) of each function invoked concurrently - "
         "behind the API or triggered by a queue - each handling one invocation at a time "
         f"(default {DEFAULT_WORKERS}; 0 runs them in this process, one at a time)",
+    )
+    local.add_argument(
+        "--background-nice",
+        type=int,
+        default=DEFAULT_BACKGROUND_NICE,
+        help="niceness of the processes that work off the queue and the stream (their functions' "
+        "workers, moto's DynamoDB), so that on a busy machine the API answers first and the queue "
+        f"absorbs the burst (default {DEFAULT_BACKGROUND_NICE}; 0: the same priority as the API)",
     )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
@@ -149,6 +157,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         function_log=getattr(args, "log_file", None),
         drain_timeout=getattr(args, "drain_timeout", 60.0),
         workers=getattr(args, "workers", DEFAULT_WORKERS),
+        background_nice=getattr(args, "background_nice", DEFAULT_BACKGROUND_NICE),
     )
 
 

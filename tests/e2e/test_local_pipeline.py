@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -198,3 +199,38 @@ def test_a_record_the_notifier_cannot_handle_goes_to_notifier_dlq_with_its_metad
     assert record["requestContext"]["condition"] in ("RetryAttemptsExhausted", "RecordAgeExceeded")
     assert broken_id not in json.dumps(record)
     assert not emails_naming(pipeline, broken_id)
+
+
+def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: RunningPipeline) -> None:
+    # Given the running pipeline's processes: itself, its function workers, moto and moto's DynamoDB
+    processes = descendants(pipeline.process.pid)
+    endpoints = {pid: command for pid, command in processes.items() if "orderpipe.local.endpoint" in command}
+    workers = [pid for pid in processes if pid not in endpoints]
+    (dynamodb,) = [pid for pid, command in endpoints.items() if "--only-dynamodb" in command]
+    (moto,) = [pid for pid in endpoints if pid != dynamodb]
+
+    # Then the API's side (the pipeline, moto's SQS, the ingest workers) keeps the priority it was
+    # started with, and the writer's and notifier's workers and moto's DynamoDB run 10 below it
+    base = niceness(pipeline.process.pid)
+    assert niceness(moto) == base
+    assert niceness(dynamodb) == base + 10
+    by_niceness = sorted(niceness(pid) for pid in workers)
+    assert by_niceness == [base] * 4 + [base + 10] * 5  # 4 ingest; 4 writer and 1 notifier workers
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid`, with its command line."""
+    found: dict[int, str] = {}
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                found[child] = (Path(f"/proc/{child}/cmdline").read_bytes()).replace(b"\0", b" ").decode()
+                pending.append(child)
+    return found
+
+
+def niceness(pid: int) -> int:
+    # /proc/PID/stat: the command (in parentheses) is field 2; niceness is field 19
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])

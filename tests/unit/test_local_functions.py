@@ -25,11 +25,11 @@ def lambda_handler(event, context):
     started = time.monotonic()
     time.sleep(event.get("sleep", 0))
     return {"pid": os.getpid(), "started": started, "ended": time.monotonic(),
-            "function": context.function_name, "echo": event.get("echo")}
+            "function": context.function_name, "echo": event.get("echo"), "nice": os.nice(0)}
 """
 
 
-def pool_of(tmp_path: Path, workers: int, source: str = HANDLER) -> ProcessPoolFunction:
+def pool_of(tmp_path: Path, workers: int, source: str = HANDLER, nice: int = 0) -> ProcessPoolFunction:
     (tmp_path / "app.py").write_text(textwrap.dedent(source))
     function_id = f"PoolFunction{tmp_path.name.replace('-', '_')}"
     function = LocalFunction(
@@ -40,7 +40,7 @@ def pool_of(tmp_path: Path, workers: int, source: str = HANDLER) -> ProcessPoolF
         code_dir=tmp_path,
         handler_name="app.lambda_handler",
     )
-    return ProcessPoolFunction(function, workers)
+    return ProcessPoolFunction(function, workers, nice=nice)
 
 
 @pytest.fixture
@@ -135,3 +135,11 @@ def test_once_every_worker_died_invocations_fail_at_once(tmp_path: Path) -> None
     with pytest.raises(FunctionError, match="every worker process died"):
         pool.invoke({})
     pool.stop()
+
+
+def test_workers_run_at_the_niceness_they_are_given(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, workers=1, nice=5)
+    try:
+        assert pool.invoke({})["nice"] == os.nice(0) + 5
+    finally:
+        pool.stop()

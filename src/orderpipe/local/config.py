@@ -14,6 +14,7 @@ DEFAULT_AWS_PORT = 4566  # the port AWS emulators conventionally use; events/env
 LOCAL_SUPPORT_EMAIL = "support@orderpipe.local"
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 60.0
 DEFAULT_WORKERS = 4
+DEFAULT_BACKGROUND_NICE = 10
 
 
 @dataclass
@@ -35,6 +36,10 @@ class PipelineConfig:
     # the HTTP API routes to and those an SQS queue triggers; 0 runs them in this process, one
     # invocation at a time.
     workers: int = DEFAULT_WORKERS
+    # The niceness of what works off the queue and the stream (their functions' workers and
+    # moto's DynamoDB): on a busy machine the API answers first and the queue absorbs the
+    # burst, as the pipeline's stages scale apart in AWS. 0: all at the same priority.
+    background_nice: int = DEFAULT_BACKGROUND_NICE
 
     def __post_init__(self) -> None:
         local = self.root / STATE_DIR

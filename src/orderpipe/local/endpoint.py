@@ -60,6 +60,8 @@ class AwsEndpoint:
     `port=0` lets the child pick a free port. `log_path` receives the child's own output
     (moto's warnings and tracebacks); per-request logging is off, it would cost moto's CPU.
     `only_dynamodb` is the second moto, started by the first: it writes to the first's log.
+    `dynamodb_nice` is the niceness of the process serving DynamoDB (see
+    PipelineConfig.background_nice).
     """
 
     def __init__(
@@ -69,11 +71,13 @@ class AwsEndpoint:
         log_path: Path | None = None,
         *,
         only_dynamodb: bool = False,
+        dynamodb_nice: int = 0,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.log_path = log_path
         self.only_dynamodb = only_dynamodb
+        self.dynamodb_nice = dynamodb_nice
         self.port: int | None = None
         self.service_urls: dict[str, str] = {}  # the services served on a URL of their own
         self._process: subprocess.Popen[str] | None = None
@@ -116,6 +120,7 @@ class AwsEndpoint:
             "--port",
             str(self.requested_port),
             *(["--only-dynamodb"] if self.only_dynamodb else []),
+            *(["--dynamodb-nice", str(self.dynamodb_nice)] if self.dynamodb_nice else []),
         ]
         stderr: IO[str] | int | None = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(
@@ -313,7 +318,7 @@ class _Forwarder:
         raise AssertionError("unreachable")
 
 
-def _serve(host: str, port: int, only_dynamodb: bool) -> int:
+def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int:
     """The child: run moto until SIGTERM/SIGINT or until stdin closes (the parent is gone)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
@@ -322,11 +327,13 @@ def _serve(host: str, port: int, only_dynamodb: bool) -> int:
 
     apply_moto_patches()
     freeze_survivors()
+    if only_dynamodb:
+        os.nice(dynamodb_nice)
 
     dynamodb: AwsEndpoint | None = None
     services: dict[str, str] = {}
     if not only_dynamodb:
-        dynamodb = AwsEndpoint(host, 0, only_dynamodb=True)
+        dynamodb = AwsEndpoint(host, 0, only_dynamodb=True, dynamodb_nice=dynamodb_nice)
         try:
             dynamodb.start()
         except EndpointError as error:
@@ -378,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-dynamodb", action="store_true", help="the second moto (DynamoDB and its streams)"
     )
+    parser.add_argument("--dynamodb-nice", type=int, default=0, help="niceness of the DynamoDB moto")
     args = parser.parse_args(argv)
-    return _serve(args.host, args.port, args.only_dynamodb)
+    return _serve(args.host, args.port, args.only_dynamodb, args.dynamodb_nice)
 
 
 if __name__ == "__main__":

@@ -126,11 +126,12 @@ def _invoke_in_worker(
         sys.stdout.flush()
 
 
-def _serve_invocations(connection: Connection, function: LocalFunction) -> None:
+def _serve_invocations(connection: Connection, function: LocalFunction, nice: int) -> None:
     """A worker process: load the handler, say so, then invoke it with each event received
     until told to stop (None) or the pipeline goes away."""
     assert function.code_dir is not None
     try:
+        os.nice(nice)
         _init_worker(function.code_dir, function.handler_name, f"{function.function_id}_app")
     except BaseException:
         connection.send((False, traceback.format_exc()))
@@ -165,7 +166,8 @@ class ProcessPoolFunction:
     is unsafe): the workers are forked at once, here, and loaded before it returns.
     """
 
-    def __init__(self, function: LocalFunction, workers: int) -> None:
+    def __init__(self, function: LocalFunction, workers: int, *, nice: int = 0) -> None:
+        """`nice`: the workers' niceness (see PipelineConfig.background_nice)."""
         if function.code_dir is None or not function.handler_name:
             raise ValueError(f"{function.function_id}: no code to load in a worker")
         self.function_id = function.function_id
@@ -184,7 +186,7 @@ class ProcessPoolFunction:
             pipeline_end, worker_end = context.Pipe()
             process = context.Process(
                 target=_serve_invocations,
-                args=(worker_end, function),
+                args=(worker_end, function, nice),
                 name=f"{function.function_id} worker",
                 daemon=True,
             )

@@ -101,7 +101,9 @@ class LocalPipeline:
     def _start(self) -> None:
         config = self.config
         # moto starts in its own process while this one reads the template.
-        self.endpoint = AwsEndpoint(config.aws_host, config.aws_port, config.endpoint_log)
+        self.endpoint = AwsEndpoint(
+            config.aws_host, config.aws_port, config.endpoint_log, dynamodb_nice=config.background_nice
+        )
         self.endpoint.launch()
         template = load_local_template(config)
         env_file = EnvVarsFile.read(config.env_file) if config.env_file else None
@@ -149,17 +151,19 @@ class LocalPipeline:
         """Every function, each in worker processes (execution environments) of its own: those
         invoked concurrently - routed to by the API or triggered by an SQS queue - in `workers`
         of them, those triggered by a DynamoDB stream in one, as a shard is read one batch at a
-        time (and a local stream has one shard)."""
+        time (and a local stream has one shard). Those the API does not route to run at the
+        background niceness."""
         functions: dict[str, Invocable] = dict(self.functions)
         if self.config.workers < 1:
             return functions
         mappings = [(function_id, service) for function_id, _, service in self._mappings(stack)]
         workers = {function_id: 1 for function_id, service in mappings if service == "dynamodb"}
-        concurrent = {route.function_id for route in http_api.routes}
-        concurrent |= {function_id for function_id, service in mappings if service == "sqs"}
+        behind_api = {route.function_id for route in http_api.routes}
+        concurrent = behind_api | {function_id for function_id, service in mappings if service == "sqs"}
         workers |= dict.fromkeys(concurrent, self.config.workers)
         for function_id in sorted(workers.keys() & self.functions.keys()):
-            pool = ProcessPoolFunction(self.functions[function_id], workers[function_id])
+            nice = 0 if function_id in behind_api else self.config.background_nice
+            pool = ProcessPoolFunction(self.functions[function_id], workers[function_id], nice=nice)
             self.pools.append(pool)
             functions[function_id] = pool
         return functions
@@ -177,7 +181,9 @@ class LocalPipeline:
                 DEFAULT_AWS_PORT,
                 DEFAULT_AWS_PORT,
             )
-            endpoint = AwsEndpoint(config.aws_host, 0, config.endpoint_log)
+            endpoint = AwsEndpoint(
+                config.aws_host, 0, config.endpoint_log, dynamodb_nice=config.background_nice
+            )
             self.endpoint = endpoint
             endpoint.start()
         return endpoint
