@@ -261,6 +261,37 @@ def test_sqs_batches_gather_within_the_batching_window(endpoint: AwsEndpoint, st
     }
 
 
+def test_sqs_batches_wait_in_the_queue_while_every_execution_environment_is_busy(
+    endpoint: AwsEndpoint, started: list[Any]
+) -> None:
+    # Given a function with one execution environment, busy with a first message, and no window
+    stack = make_stack(
+        endpoint, WriterBatchSize="10", WriterBatchingWindowSeconds="0", WriterMaximumConcurrency="5"
+    )
+    sqs = sqs_client(endpoint)
+    queue_url = stack.ref("OrdersQueue")
+    busy = threading.Event()
+    handler = RecordingHandler(lambda event: busy.wait(10) and {"batchItemFailures": []})
+    (mapping,) = stack.event_source_mappings("WriterFunction")
+    source = SqsEventSource(stack, mapping, local_function("WriterFunction", handler), endpoint.url)
+    source.start()
+    started.append(source)
+    send_bodies(sqs, queue_url, ["first"])
+    wait_until(lambda: len(handler.events) == 1)
+
+    # When 30 messages arrive meanwhile, and then the first invocation ends
+    send_bodies(sqs, queue_url, [f"m-{i}" for i in range(30)])
+    time.sleep(0.5)
+    in_queue_meanwhile = queue_counts(sqs, queue_url)
+    busy.set()
+    wait_until(lambda: sum(len(batch) for batch in handler.batches) == 31)
+
+    # Then they waited in the queue, not in batches for an environment, and went in full batches
+    assert source.concurrency == 1
+    assert in_queue_meanwhile == (30, 1)  # visible; the first in flight
+    assert [len(batch) for batch in handler.batches] == [1, 10, 10, 10]
+
+
 def test_sqs_partial_failure_deletes_only_the_successes(endpoint: AwsEndpoint, started: list[Any]) -> None:
     # Given a handler that reports the poison messages of its batch
     stack = make_stack(endpoint)

@@ -35,6 +35,7 @@ class LocalFunction:
     code_dir: Path | None = None
     handler_name: str = ""
     _environment: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    concurrency = 1  # one execution environment
 
     def invoke(self, event: dict[str, Any]) -> Any:
         """Call the handler. An exception it raises is a function error and propagates.
@@ -80,6 +81,7 @@ class Invocable(Protocol):
     function_id: str
     invocations: int
     errors: int
+    concurrency: int  # invocations it runs at once: its execution environments
 
     def invoke(self, event: dict[str, Any]) -> Any: ...
 
@@ -172,7 +174,7 @@ class ProcessPoolFunction:
             raise ValueError(f"{function.function_id}: no code to load in a worker")
         self.function_id = function.function_id
         self.name = f"{function.function_id} workers"
-        self.workers = workers
+        self.workers = self.concurrency = workers
         self.invocations = 0
         self.errors = 0
         self._free: list[_Worker] = []

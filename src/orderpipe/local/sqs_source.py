@@ -70,7 +70,11 @@ class SqsEventSource:
         self.filter = EventFilter.from_criteria(mapping.get("FilterCriteria"), body_key="body")
         self.enabled = as_bool(mapping.get("Enabled", True))
         scaling = mapping.get("ScalingConfig") or {}
-        self.concurrency = max_concurrency or as_int(scaling.get("MaximumConcurrency"), DEFAULT_CONCURRENCY)
+        # No more batches in flight than the function has execution environments, as in Lambda:
+        # the messages stay in the queue meanwhile, and the next receive takes more of them.
+        self.concurrency = max_concurrency or min(
+            as_int(scaling.get("MaximumConcurrency"), DEFAULT_CONCURRENCY), function.concurrency
+        )
         # Short long-polls keep stop() prompt; moto wakes a waiting receive as soon as a message lands.
         self.wait_seconds = wait_seconds
         if not 1 <= self.batch_size <= 10_000:
