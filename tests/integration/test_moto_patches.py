@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from moto import mock_aws
 
 from orderpipe.local.endpoint import AwsEndpoint
 
@@ -253,3 +254,61 @@ def test_a_transactions_other_updates_keep_moto_s_rules(patched_endpoint: str) -
     assert dynamodb.get_item(TableName="rules", Key={"id": {"S": "a"}})["Item"]["n"] == {"N": "2"}
     assert reserved.value.response["Error"]["Code"] == "ValidationException"
     assert key.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_receives_and_deletes_behind_a_backlog_answer_as_moto_does(patched_endpoint: str) -> None:
+    # Given the same receives and deletes made on the patched endpoint and on moto itself
+    def scenario(sqs: SQSClient) -> list[Any]:
+        queue_url = sqs.create_queue(QueueName="backlog")["QueueUrl"]
+        for start in range(0, 60, 10):
+            sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": str(i), "MessageBody": f"m-{start + i:02}"} for i in range(10)],
+            )
+
+        def receive(visibility: int) -> list[Any]:
+            answer = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=visibility
+            )
+            return list(answer.get("Messages", []))
+
+        def delete(handles: list[str]) -> tuple[list[str], list[str]]:
+            answer = sqs.delete_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)],
+            )
+            return (
+                sorted(entry["Id"] for entry in answer.get("Successful", [])),
+                sorted(entry["Code"] for entry in answer.get("Failed", [])),
+            )
+
+        first, second = receive(600), receive(600)
+        again = receive(0)  # made visible again at once: received anew, with a new handle
+        renewed = receive(600)
+        observed: list[Any] = [
+            [m["Body"] for m in first],
+            [m["Body"] for m in second],
+            [m["Body"] for m in renewed],
+            delete([m["ReceiptHandle"] for m in first]),
+            delete([m["ReceiptHandle"] for m in first]),  # deleting twice is no error
+            delete([m["ReceiptHandle"] for m in again]),  # the old handles of received-anew messages
+            delete(["not-a-receipt-handle"]),
+        ]
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        rest = []
+        while messages := receive(600):
+            rest += [m["Body"] for m in messages]
+        return [*observed, attributes, sorted(rest)]
+
+    patched = scenario(client("sqs", patched_endpoint))
+    with mock_aws():
+        plain = scenario(boto3.client("sqs", region_name="us-east-1"))
+
+    # Then the answers are moto's: the same messages, deletes, errors and counts
+    assert patched == plain
+    assert patched[3] == ([str(i) for i in range(10)], [])
+    assert patched[6] == ([], ["ReceiptHandleIsInvalid"])
+    assert patched[7] == {"ApproximateNumberOfMessages": "30", "ApproximateNumberOfMessagesNotVisible": "10"}
