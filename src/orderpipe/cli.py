@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import signal
 import sys
 import threading
@@ -14,7 +13,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from orderpipe.local.config import DEFAULT_BACKGROUND_NICE, DEFAULT_WORKERS
-from orderpipe.stack.template import TemplateError, project_root
+from orderpipe.stack.template import TemplateError, parse_parameter_overrides, project_root
 
 if TYPE_CHECKING:
     from orderpipe.local.config import PipelineConfig
@@ -25,15 +24,12 @@ _ENV_FILE_HELP = (
 )
 
 
-def _key_values(text: str) -> list[tuple[str, str]]:
+def _key_values(text: str) -> dict[str, str]:
     """`KEY=VALUE`, or several in one shell-quoted string as sam takes them (`"A=1 B='x y'"`)."""
-    pairs = []
-    for token in shlex.split(text):
-        key, separator, value = token.partition("=")
-        if not separator or not key:
-            raise argparse.ArgumentTypeError(f"{token!r} is not KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
+    try:
+        return parse_parameter_overrides(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +116,7 @@ def _add_parameter_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parameter-overrides",
         nargs="+",
+        action="extend",  # given twice, both count (a later value of a key wins)
         type=_key_values,
         default=[],
         metavar="KEY=VALUE",
@@ -151,7 +148,9 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         aws_host=getattr(args, "aws_host", "127.0.0.1"),
         aws_port=DEFAULT_AWS_PORT if getattr(args, "aws_port", None) is None else args.aws_port,
         outbox_dir=getattr(args, "outbox", None),
-        parameter_overrides=dict(pair for pairs in args.parameter_overrides for pair in pairs),
+        parameter_overrides={
+            key: value for pairs in args.parameter_overrides for key, value in pairs.items()
+        },
         env_file=args.env_file,
         state_file=args.state_file,
         function_log=getattr(args, "log_file", None),

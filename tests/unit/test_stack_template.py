@@ -17,6 +17,7 @@ from orderpipe.stack.template import (
     TemplateError,
     Unresolved,
     load_template,
+    parse_parameter_overrides,
     samconfig_parameters,
 )
 from tests.conftest import ROOT
@@ -366,3 +367,31 @@ def test_loading_leaves_no_unpublished_translator_metrics(
     # Then no "There are unpublished metrics" warning reaches the log or the console
     assert "unpublished metrics" not in caplog.text
     assert "unpublished metrics" not in capsys.readouterr().err
+
+
+def test_parameter_overrides_read_as_sam_reads_them() -> None:
+    assert parse_parameter_overrides("Stage=dev Note='two words' Empty=") == {
+        "Stage": "dev",
+        "Note": "two words",
+        "Empty": "",
+    }
+    assert parse_parameter_overrides(["A=1", "ParameterKey=B,ParameterValue=x=y"]) == {"A": "1", "B": "x=y"}
+    for bad in ("Stage", "=dev"):
+        with pytest.raises(ValueError, match=f"parameter override '{bad}' is not Key=Value"):
+            parse_parameter_overrides(bad)
+
+
+def test_the_command_line_merges_its_overrides_and_refuses_a_bad_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from orderpipe.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["local", "--parameter-overrides", "A=1 B='x y'", "--parameter-overrides", "A=2"]
+    )
+    assert [dict(pairs) for pairs in args.parameter_overrides] == [{"A": "1", "B": "x y"}, {"A": "2"}]
+
+    with pytest.raises(SystemExit):
+        parser.parse_args(["local", "--parameter-overrides", "Stage"])
+    assert "parameter override 'Stage' is not Key=Value" in capsys.readouterr().err

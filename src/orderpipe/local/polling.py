@@ -14,15 +14,24 @@ from botocore.config import Config
 INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
 
 
-def aws_client(service: str, endpoint_url: str, region: str, *, connections: int = 10) -> Any:
+def aws_client(
+    service: str,
+    endpoint_url: str,
+    region: str,
+    *,
+    connections: int = 10,
+    attempts: int = 3,
+    connect_timeout: float = 5,
+    read_timeout: float = 60,
+) -> Any:
     """A client for the local endpoint; any credentials do, so dummy ones stand in for none."""
     session = boto3.session.Session()
     key_id, secret = (None, None) if session.get_credentials() is not None else ("local", "local")
     config = Config(
         max_pool_connections=connections,
-        connect_timeout=5,
-        read_timeout=60,
-        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "max_attempts": attempts},
     )
     client: Any = session.client(  # type: ignore[call-overload]
         service,

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orderpipe.local.polling import aws_client
 from orderpipe.stack.provision import Resource, Stack
 from orderpipe.stack.template import ACCOUNT_ID, Template
 
@@ -98,10 +98,9 @@ def find_stack(template: Template, endpoint_url: str) -> Stack:
     For an endpoint whose state file is not at hand: the names are deterministic
     (`{stack_name}-{LogicalId}`, as provisioning creates them).
     """
-    session = boto3.session.Session(region_name=template.region)
-    sqs = session.client("sqs", endpoint_url=endpoint_url)
-    dynamodb = session.client("dynamodb", endpoint_url=endpoint_url)
-    sns = session.client("sns", endpoint_url=endpoint_url)
+    sqs = aws_client("sqs", endpoint_url, template.region)
+    dynamodb = aws_client("dynamodb", endpoint_url, template.region)
+    sns = aws_client("sns", endpoint_url, template.region)
     stack = Stack(template, {}, endpoint_url)
     missing = []
     for logical_id, resource in template.resources.items():

@@ -14,11 +14,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from orderpipe.local.polling import arn_service
+from orderpipe.local.polling import arn_service, aws_client
 from orderpipe.local.stream_source import DynamoDBStreamEventSource
 from orderpipe.models import OrderStatus
 from orderpipe.stack.provision import Stack
@@ -82,10 +80,10 @@ class PipelineMonitor:
     def __init__(
         self, stack: Stack, endpoint_url: str, stream_sources: list[DynamoDBStreamEventSource]
     ) -> None:
-        session = boto3.session.Session(region_name=stack.template.region)
         # A status line is no reason to wait: no retries, short timeouts.
-        config = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10)
-        self.sqs: SQSClient = session.client("sqs", endpoint_url=endpoint_url, config=config)
+        self.sqs: SQSClient = aws_client(
+            "sqs", endpoint_url, stack.template.region, attempts=1, connect_timeout=2, read_timeout=10
+        )
         self.source_queues: dict[str, str] = {}
         self.dead_letter_queues: dict[str, str] = {}
         for logical_id in stack.template.resources_of_type("AWS::SQS::Queue"):

@@ -58,20 +58,27 @@ def samconfig_parameters(samconfig: Path, environment: str = "default") -> dict[
         overrides = overrides or env.get(command, {}).get("parameters", {}).get("parameter_overrides")
     if not overrides:
         return {}
-    pairs = (
-        [token for item in overrides for token in shlex.split(item)]
-        if isinstance(overrides, list)
-        else shlex.split(overrides)
-    )
+    try:
+        return parse_parameter_overrides(overrides)
+    except ValueError as error:
+        raise TemplateError(f"{samconfig}: {error}") from error
+
+
+def parse_parameter_overrides(overrides: str | list[str]) -> dict[str, str]:
+    """`Key=Value` pairs as SAM CLI reads them (samconfig's `parameter_overrides`, or
+    `--parameter-overrides`): shell-quoted where a value holds spaces (`Note="two words"`), in
+    one string or a list of them; the long form `ParameterKey=Key,ParameterValue=Value` too.
+    A ValueError names a pair that is neither."""
+    items = overrides if isinstance(overrides, list) else [overrides]
     parameters: dict[str, str] = {}
-    for pair in pairs:
+    for pair in (token for item in items for token in shlex.split(item)):
         if match := _LONG_FORM.fullmatch(pair):
             parameters[match["key"]] = match["value"]
-        elif "=" in pair:
-            key, value = pair.split("=", 1)
-            parameters[key] = value
-        else:
-            raise TemplateError(f"{samconfig}: parameter override {pair!r} is not Key=Value")
+            continue
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"parameter override {pair!r} is not Key=Value")
+        parameters[key] = value
     return parameters
 
 
