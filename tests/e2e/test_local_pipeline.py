@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from tests.conftest import load_event
-from tests.e2e.conftest import RunningPipeline, start_pipeline, wait_until
+from tests.conftest import EVENTS, ROOT, load_event
+from tests.e2e.conftest import RunningPipeline, orderpipe_command, start_pipeline, wait_until
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.literals import QueueAttributeNameType
@@ -199,6 +200,37 @@ def test_a_record_the_notifier_cannot_handle_goes_to_notifier_dlq_with_its_metad
     assert record["requestContext"]["condition"] in ("RetryAttemptsExhausted", "RecordAgeExceeded")
     assert broken_id not in json.dumps(record)
     assert not emails_naming(pipeline, broken_id)
+
+
+def test_orderpipe_invoke_runs_a_function_against_the_running_pipeline(pipeline: RunningPipeline) -> None:
+    # When the ingest function is invoked with a fixture, against the running pipeline's endpoint
+    invoked = subprocess.run(
+        [
+            *orderpipe_command(),
+            "invoke",
+            "ingest",
+            "-e",
+            str(EVENTS / "ingest-post-order.json"),
+            "--endpoint-url",
+            pipeline.endpoint_url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # Then it prints the handler's response alone on stdout, as sam local invoke does
+    assert invoked.returncode == 0, invoked.stderr
+    response = json.loads(invoked.stdout)
+    assert response["statusCode"] == 202
+    order_id = json.loads(response["body"])["orderId"]
+    assert f"against {pipeline.endpoint_url}" in invoked.stderr
+
+    # And the order it queued goes through the running pipeline: stored, then mailed
+    wait_until(lambda: pipeline.order_status(order_id) == "NOTIFIED", MAIL_TIMEOUT_SECONDS)
+    assert emails_naming(pipeline, order_id)
 
 
 def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: RunningPipeline) -> None:

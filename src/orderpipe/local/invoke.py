@@ -64,12 +64,13 @@ class Invocation:
 
 @contextlib.contextmanager
 def _resources(config: PipelineConfig, endpoint_url: str | None) -> Iterator[tuple[Stack, str]]:
-    """The stack to invoke against, and what it is."""
+    """The stack to invoke against, and what it is; this process's AWS clients pointed at it."""
     state = PipelineState.read(config.state_file) if config.state_file else None
     if state is not None and (endpoint_url is None or endpoint_url.rstrip("/") == state.endpoint_url):
         template = load_template(
             config.root / "template.yaml", overrides=state.parameters, stack_name=state.stack_name
         )
+        apply_environment(aws_environment(state.endpoint_url, template.region))
         yield state.stack(template), f"the running orderpipe local ({state.endpoint_url})"
     elif endpoint_url is not None:
         template = load_local_template(config)
@@ -100,7 +101,6 @@ def invoke(
     with _resources(config, endpoint_url) as (stack, against):
         function_id = resolve_function_id(stack.template, function_name)
         assert stack.endpoint_url is not None
-        apply_environment(aws_environment(stack.endpoint_url, stack.template.region))
         apply_environment(function_environment(stack, function_id, env_file))
         resources.reset()
         invocation = Invocation(function_id, stack.endpoint_url, against)
