@@ -330,3 +330,46 @@ def _json_call(client: Client, target: str, body: dict[str, Any]) -> TestRespons
         "Authorization": _SIGNATURE.format(service=service),
     }
     return client.post("/", data=json.dumps(body), headers=headers)
+
+
+def test_json_protocol_calls_answer_json_and_errors_as_botocore_would(endpoint: AwsEndpoint) -> None:
+    # Given DynamoDB Streams called without botocore, and with it
+    from botocore.exceptions import ClientError
+
+    from orderpipe.local.loopback_http import JsonProtocolApi
+
+    raw = JsonProtocolApi(
+        endpoint.url_for("dynamodbstreams"), "DynamoDBStreams_20120810", "dynamodb", "us-east-1"
+    )
+    streams = boto3.client(
+        "dynamodbstreams",
+        endpoint_url=endpoint.url_for("dynamodbstreams"),
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    missing = "arn:aws:dynamodb:us-east-1:123456789012:table/missing/stream/2026-01-01T00:00:00.000"
+    boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint.url_for("dynamodb"),
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    ).create_table(
+        TableName="streamed-raw",
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )
+
+    # Then a success is the answer's JSON, and an error is a ClientError with botocore's code
+    listed = raw.call("ListStreams")["Streams"]
+    assert "streamed-raw" in [stream["TableName"] for stream in listed]
+    assert listed == streams.list_streams()["Streams"]
+    with pytest.raises(ClientError) as expected:
+        streams.describe_stream(StreamArn=missing)
+    with pytest.raises(ClientError) as answered:
+        raw.call("DescribeStream", StreamArn=missing)
+    assert answered.value.response["Error"]["Code"] == expected.value.response["Error"]["Code"]
+    assert answered.value.response["Error"]["Code"] == "ResourceNotFoundException"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
 from orderpipe.local.gc_pauses import freeze_survivors
+from orderpipe.local.loopback_http import KeepAliveConnections
 from orderpipe.local.moto_patches import apply_moto_patches
 from orderpipe.local.wsgi_server import WsgiApp, WsgiServer
 
@@ -265,15 +265,12 @@ class JsonProtocolRoutes:
 
 
 class _Forwarder:
-    """Passes a request on to the second moto and its answer back, on a connection per thread
-    (the server runs a thread per client connection)."""
+    """Passes a request on to the second moto and its answer back."""
 
     _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding"})
 
     def __init__(self, url: str) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        self._address = (parsed.hostname or DEFAULT_HOST, parsed.port or 80)
-        self._local = threading.local()
+        self._connections = KeepAliveConnections(url)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -288,34 +285,15 @@ class _Forwarder:
         path = environ.get("PATH_INFO", "/") + (
             f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else ""
         )
-        status, reason, answer_headers, answer = self._exchange(
-            environ["REQUEST_METHOD"], path, body, headers
-        )
+        answer = self._connections.request(environ["REQUEST_METHOD"], path, body, headers)
         start_response(
-            f"{status} {reason}", [h for h in answer_headers if h[0].lower() not in self._HOP_BY_HOP]
+            f"{answer.status} {answer.reason}",
+            [header for header in answer.headers if header[0].lower() not in self._HOP_BY_HOP],
         )
-        return [answer]
+        return [answer.body]
 
     def reset(self) -> None:
-        self._exchange("POST", "/moto-api/reset", b"", {})
-
-    def _exchange(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
-        for attempt in (1, 2):  # a kept-alive connection the other end closed is opened again
-            connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-            if connection is None:
-                connection = self._local.connection = http.client.HTTPConnection(*self._address, timeout=60)
-            try:
-                connection.request(method, path, body, headers)
-                response = connection.getresponse()
-                return response.status, response.reason, response.getheaders(), response.read()
-            except (ConnectionError, http.client.HTTPException):
-                connection.close()
-                self._local.connection = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        self._connections.request("POST", "/moto-api/reset")
 
 
 def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import multiprocessing
 import os
 import signal
@@ -52,7 +53,8 @@ class LocalFunction:
         with self._environment:
             self.invocations += 1
             try:
-                return self.handler(event, context)
+                # Its own copy, as Lambda's payload is: the caller may invoke with it again.
+                return self.handler(copy.deepcopy(event), context)
             except Exception:
                 self.errors += 1
                 raise

@@ -21,8 +21,6 @@ Per shard, in order and one batch at a time:
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import logging
 import threading
@@ -39,6 +37,7 @@ from botocore.exceptions import ClientError
 from orderpipe.local.batch_response import reported_failures
 from orderpipe.local.event_filter import EventFilter
 from orderpipe.local.functions import Invocable
+from orderpipe.local.loopback_http import JsonProtocolApi
 from orderpipe.local.polling import (
     INVOKE_PAYLOAD_LIMIT,
     Counters,
@@ -54,7 +53,6 @@ from orderpipe.stack.template import ACCOUNT_ID
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
-    from mypy_boto3_dynamodbstreams.type_defs import RecordTypeDef
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
 
@@ -131,6 +129,10 @@ class DynamoDBStreamEventSource:
 
         self._streams: DynamoDBStreamsClient = aws_client(
             "dynamodbstreams", streams_url or endpoint_url, self.region
+        )
+        # GetRecords, read often and record by record, skips botocore's parsing (see JsonProtocolApi).
+        self._records = JsonProtocolApi(
+            streams_url or endpoint_url, "DynamoDBStreams_20120810", "dynamodb", self.region
         )
         self._sqs: SQSClient = aws_client("sqs", endpoint_url, self.region)
         self._sns: SNSClient = aws_client("sns", endpoint_url, self.region)
@@ -226,19 +228,24 @@ class DynamoDBStreamEventSource:
 
     # --- what each shard reader uses ------------------------------------------------------
 
-    def lambda_record(self, raw: RecordTypeDef) -> _StreamRecord:
-        """One record of the event Lambda sends for a DynamoDB stream."""
+    def get_records(self, shard_iterator: str, limit: int) -> dict[str, Any]:
+        return self._records.call("GetRecords", ShardIterator=shard_iterator, Limit=limit)
+
+    def lambda_record(self, raw: dict[str, Any]) -> _StreamRecord:
+        """One record of the event Lambda sends for a DynamoDB stream, from a record of
+        GetRecords' answer as it travels (JSON: attribute values as they are, times in epoch
+        seconds)."""
         change = raw["dynamodb"]
-        created = change.get("ApproximateCreationDateTime") or datetime.now(UTC)
-        created = created.astimezone(UTC)
+        seconds = change.get("ApproximateCreationDateTime")
+        created = datetime.fromtimestamp(seconds, UTC) if seconds is not None else datetime.now(UTC)
         dynamodb: dict[str, Any] = {
             # Epoch seconds, rounded down, as the stream records them.
             "ApproximateCreationDateTime": int(created.timestamp()),
-            "Keys": _wire_item(change.get("Keys", {})),
+            "Keys": change.get("Keys", {}),
         }
         for image in ("NewImage", "OldImage"):
             if image in change:
-                dynamodb[image] = _wire_item(change[image])
+                dynamodb[image] = change[image]
         sequence_number = change["SequenceNumber"]
         dynamodb |= {
             "SequenceNumber": sequence_number,
@@ -262,8 +269,8 @@ class DynamoDBStreamEventSource:
     def invoke(self, batch: _Batch) -> int | None:
         """Invoke with the batch: how many leading records are done (all if it succeeded), None on error."""
         sequence_numbers = [record.sequence_number for record in batch.records]
-        # A fresh copy each time: a retried batch must not see what a handler changed.
-        event = {"Records": [copy.deepcopy(record.event) for record in batch.records]}
+        # The function gets a copy (a retried batch must not see what a handler changed).
+        event = {"Records": [record.event for record in batch.records]}
         batch.invocations += 1
         self.counters.add("batches")
         try:
@@ -395,7 +402,7 @@ class _ShardReader(threading.Thread):
             if self._iterator is None:
                 return True
             # Shard iterators can be read more than once: this leaves the reader's position alone.
-            peek = self.source._streams.get_records(ShardIterator=self._iterator, Limit=1)
+            peek = self.source.get_records(self._iterator, limit=1)
             return not peek.get("Records")
         finally:
             self._state.release()
@@ -441,7 +448,7 @@ class _ShardReader(threading.Thread):
         assert self._iterator is not None
         limit = min(GET_RECORDS_LIMIT, source.batch_size - len(self._buffer))
         try:
-            response = source._streams.get_records(ShardIterator=self._iterator, Limit=limit)
+            response = source.get_records(self._iterator, limit=limit)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ExpiredIteratorException":
                 raise
@@ -510,24 +517,6 @@ class _ShardReader(threading.Thread):
             self._work.popleft()
             return 0.0
         return min(source.retry_delay * 2.0 ** (batch.invocations - 1), MAX_RETRY_DELAY_SECONDS)
-
-
-def _wire_item(item: Any) -> dict[str, Any]:
-    """An item's attribute values as they travel in JSON (binary values base64-encoded)."""
-    return {name: _wire_value(value) for name, value in dict(item).items()}
-
-
-def _wire_value(value: Any) -> Any:
-    ((kind, content),) = value.items()
-    if kind == "B":
-        return {"B": base64.b64encode(content).decode("ascii")}
-    if kind == "BS":
-        return {"BS": [base64.b64encode(item).decode("ascii") for item in content]}
-    if kind == "M":
-        return {"M": _wire_item(content)}
-    if kind == "L":
-        return {"L": [_wire_value(item) for item in content]}
-    return {kind: content}
 
 
 def _iso(moment: datetime) -> str:
