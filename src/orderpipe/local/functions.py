@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,8 +95,9 @@ class FunctionError(Exception):
 
 # The handler of a worker process (one per process, loaded when it starts).
 _worker_handler: Handler | None = None
-# This process's ends of its workers' pipes: a worker closes those it inherits, so that each
-# pipe is held by its worker and the pipeline only, and a worker sees EOF when the pipeline goes.
+# This process's ends of its workers' pipes, its own worker's among them: a worker closes those
+# it inherits, so that its pipe's other end is held by the pipeline alone, and the worker sees
+# EOF (and exits) when the pipeline goes, however it goes.
 _pipeline_ends: list[Connection] = []
 
 
@@ -123,7 +125,7 @@ def _invoke_in_worker(
     )
     try:
         return True, _worker_handler(event, context)
-    except Exception:
+    except BaseException:  # sys.exit() too: Lambda reports it, and the environment goes on
         return False, traceback.format_exc()
     finally:
         # The function log is a file shared with the parent: write this invocation's lines out.
@@ -148,9 +150,12 @@ def _serve_invocations(connection: Connection, function: LocalFunction, nice: in
             return
         if event is None:
             return
-        connection.send(
-            _invoke_in_worker(function.function_id, function.timeout_seconds, function.memory_mb, event)
-        )
+        answer = _invoke_in_worker(function.function_id, function.timeout_seconds, function.memory_mb, event)
+        try:
+            payload = ForkingPickler.dumps(answer)
+        except Exception:  # a response that cannot travel, as Lambda's cannot be serialized
+            payload = ForkingPickler.dumps((False, traceback.format_exc()))
+        connection.send_bytes(payload)
 
 
 @dataclass
@@ -188,6 +193,7 @@ class ProcessPoolFunction:
         self._workers: list[_Worker] = []
         for _ in range(workers):
             pipeline_end, worker_end = context.Pipe()
+            _pipeline_ends.append(pipeline_end)  # before the fork: the worker closes its copy
             process = context.Process(
                 target=_serve_invocations,
                 args=(worker_end, function, nice),
@@ -196,7 +202,6 @@ class ProcessPoolFunction:
             )
             process.start()
             worker_end.close()
-            _pipeline_ends.append(pipeline_end)
             self._workers.append(_Worker(process, pipeline_end))
         for worker in self._workers:  # a worker that fails to load fails the pipeline's start
             try:
@@ -262,11 +267,15 @@ class ProcessPoolFunction:
             worker.connection.close()
 
     def kill(self) -> None:
-        """End the workers without waiting (their invocations are stuck)."""
+        """End the workers at once (their invocations are stuck), and reap them."""
         with self._free_changed:
             self._stopping = True
+            self._free_changed.notify_all()
         for worker in self._workers:
             worker.process.kill()  # SIGKILL, unless it has ended already
+        for worker in self._workers:
+            worker.process.join(5)
+            worker.connection.close()
 
 
 class Poller(Protocol):
