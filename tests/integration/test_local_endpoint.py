@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import signal
 import socket
 import time
 import urllib.parse
@@ -149,6 +152,19 @@ def test_the_endpoint_exits_when_its_parent_goes_away() -> None:
     assert process.wait(timeout=10) == 0
     assert port_frees(dynamodb_port or 0)
     endpoint.stop()
+
+
+def test_the_endpoint_exits_when_its_dynamodb_process_dies() -> None:
+    # Given a running endpoint
+    with AwsEndpoint(port=0) as endpoint:
+        assert endpoint.dynamodb_pid is not None
+
+        # When its DynamoDB process is killed
+        os.kill(endpoint.dynamodb_pid, signal.SIGKILL)
+
+        # Then the endpoint exits with an error, so that the pipeline sees it gone
+        assert endpoint.wait() == 1
+        assert not endpoint.running
 
 
 def test_the_one_url_serves_dynamodb_kept_by_the_second_moto(endpoint: AwsEndpoint) -> None:
@@ -373,3 +389,28 @@ def test_json_protocol_calls_answer_json_and_errors_as_botocore_would(endpoint: 
         raw.call("DescribeStream", StreamArn=missing)
     assert answered.value.response["Error"]["Code"] == expected.value.response["Error"]["Code"]
     assert answered.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_a_chunked_dynamodb_request_is_forwarded_whole(endpoint: AwsEndpoint) -> None:
+    # Given a DynamoDB call sent to the endpoint's URL with a chunked body
+    url = urllib.parse.urlsplit(endpoint.url)
+    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
+    body = json.dumps({"Limit": 5}).encode()
+    connection.request(
+        "POST",
+        "/",
+        body=iter([body[:4], body[4:]]),
+        headers={
+            "X-Amz-Target": "DynamoDB_20120810.ListTables",
+            "Content-Type": "application/x-amz-json-1.0",
+            "Authorization": _SIGNATURE.format(service="dynamodb"),
+        },
+        encode_chunked=True,
+    )
+
+    # Then the second moto answers it, as if it had come whole
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    assert response.status == 200, answer
+    assert "TableNames" in answer

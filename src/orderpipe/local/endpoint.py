@@ -80,6 +80,7 @@ class AwsEndpoint:
         self.dynamodb_nice = dynamodb_nice
         self.port: int | None = None
         self.service_urls: dict[str, str] = {}  # the services served on a URL of their own
+        self.dynamodb_pid: int | None = None  # the process that serves them
         self._process: subprocess.Popen[str] | None = None
         self._log_file: IO[str] | None = None
 
@@ -163,6 +164,7 @@ class AwsEndpoint:
             if line.startswith(_READY_PREFIX):
                 ready = json.loads(line[len(_READY_PREFIX) :])
                 self.service_urls = dict(ready.get("services", {}))
+                self.dynamodb_pid = ready.get("dynamodb_pid")
                 port: int = ready["port"]
                 return port
         raise EndpointError(f"moto did not start within {timeout:.0f} s{self._log_hint()}")
@@ -182,6 +184,11 @@ class AwsEndpoint:
 
     def _log_hint(self) -> str:
         return f"; see {self.log_path}" if self.log_path is not None else ""
+
+    def wait(self) -> int:
+        """Until the child exits: its exit code."""
+        process = self._process
+        return process.wait() if process is not None else 0
 
     def stop(self, timeout: float = _STOP_TIMEOUT_SECONDS) -> None:
         """Ask the child to exit (SIGTERM), wait, kill it if it does not. Idempotent."""
@@ -242,7 +249,7 @@ class JsonProtocolRoutes:
         if self._dynamodb is not None:
             if target in DYNAMODB_SERVICES:
                 return self._dynamodb(environ, start_response)
-            if environ.get("PATH_INFO") == "/moto-api/reset":
+            if environ.get("PATH_INFO") == "/moto-api/reset" and environ["REQUEST_METHOD"] == "POST":
                 self._dynamodb.reset()
         handler = self._handlers.get(target)
         if handler is None or environ["REQUEST_METHOD"] != "POST" or environ.get("PATH_INFO") != "/":
@@ -276,9 +283,10 @@ class _Forwarder:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         headers = {
-            name[5:].replace("_", "-").title(): value
-            for name, value in environ.items()
-            if name.startswith("HTTP_")
+            name: value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+            and (name := key[5:].replace("_", "-").title()).lower() not in self._HOP_BY_HOP
         }
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
@@ -339,13 +347,24 @@ def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    ready = {"port": bound_port, "pid": os.getpid(), "services": services}
+    stopping = threading.Event()
+    if dynamodb is not None:
+        threading.Thread(
+            target=_exit_with, args=(dynamodb, stopping), name="DynamoDB endpoint", daemon=True
+        ).start()
+    ready = {
+        "port": bound_port,
+        "pid": os.getpid(),
+        "services": services,
+        "dynamodb_pid": dynamodb._process.pid if dynamodb is not None and dynamodb._process else None,
+    }
     print(_READY_PREFIX + json.dumps(ready), flush=True)
     try:
         sys.stdin.read()  # returns at EOF: the parent closed the pipe or exited
     except SystemExit:
         pass
     finally:
+        stopping.set()
         server.shutdown()
         serving.join()
         if dynamodb is not None:
@@ -354,6 +373,15 @@ def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int
     logging.shutdown()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _exit_with(dynamodb: AwsEndpoint, stopping: threading.Event) -> None:
+    """The endpoint is one: when its DynamoDB process dies, this one exits too, so that the
+    pipeline sees its endpoint gone instead of answering 202s whose orders cannot be stored."""
+    code = dynamodb.wait()
+    if not stopping.is_set():
+        print(f"the DynamoDB endpoint exited (code {code}); exiting too", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
