@@ -32,6 +32,13 @@ def _key_values(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _niceness(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{value} is not a niceness from 0 (as the API) to 19")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orderpipe", description="The order pipeline on one machine, without Docker or an AWS account."
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.add_argument(
         "--background-nice",
-        type=int,
+        type=_niceness,
         default=DEFAULT_BACKGROUND_NICE,
         help="niceness of the processes that work off the queue and the stream (their functions' "
         "workers, moto's DynamoDB), so that on a busy machine the API answers first and the queue "

@@ -16,13 +16,25 @@ def test_survivors_are_frozen_out_of_the_collectors_reach() -> None:
         import gc, time
         from orderpipe.local.gc_pauses import freeze_survivors
 
+        import weakref
+
+        class Node:
+            pass
+
         held = [[n] for n in range(1_000_000)]
         before = gc.get_freeze_count()
-        freeze_survivors(interval=0.05)
+        thread = freeze_survivors(interval=0.05)
+        assert freeze_survivors() is thread  # once a process
         deadline = time.monotonic() + 10
         while gc.get_freeze_count() < 1_000_000 and time.monotonic() < deadline:
             time.sleep(0.05)
-        print(before, gc.get_freeze_count())
+        # A cycle that is garbage by the next freeze is collected, not frozen
+        cycle = Node()
+        cycle.me = cycle
+        gone = weakref.ref(cycle)
+        del cycle
+        time.sleep(0.3)
+        print(before, gc.get_freeze_count(), gone() is None)
         """
     )
     # When it freezes its survivors
@@ -30,7 +42,8 @@ def test_survivors_are_frozen_out_of_the_collectors_reach() -> None:
         [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
 
-    # Then they are frozen: a full collection no longer walks them
-    before, after = map(int, result.stdout.split())
-    assert before == 0
-    assert after >= 1_000_000
+    # Then they are frozen (a full collection no longer walks them), and young garbage is not
+    before, after, collected = result.stdout.split()
+    assert int(before) == 0
+    assert int(after) >= 1_000_000
+    assert collected == "True"

@@ -16,6 +16,7 @@ from orderpipe.local.environment import (
     EnvVarsFile,
     apply_environment,
     aws_environment,
+    endpoint_variable,
     function_environment,
     shared_environment,
 )
@@ -139,3 +140,8 @@ def test_the_status_line_is_redrawn_on_a_terminal_and_printed_when_changed_elsew
         "\r\x1b[2Kaccepted 1\r\x1b[2Kemail  order 1\naccepted 1\r\x1b[2Kaccepted 2\n"
     )
     assert log.getvalue() == "accepted 1\nemail  order 1\naccepted 2\n"
+
+
+def test_a_services_endpoint_variable_is_botocores() -> None:
+    assert endpoint_variable("dynamodb") == "AWS_ENDPOINT_URL_DYNAMODB"
+    assert endpoint_variable("dynamodbstreams") == "AWS_ENDPOINT_URL_DYNAMODB_STREAMS"

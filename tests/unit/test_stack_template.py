@@ -395,3 +395,13 @@ def test_the_command_line_merges_its_overrides_and_refuses_a_bad_one(
     with pytest.raises(SystemExit):
         parser.parse_args(["local", "--parameter-overrides", "Stage"])
     assert "parameter override 'Stage' is not Key=Value" in capsys.readouterr().err
+
+
+def test_the_background_niceness_is_refused_below_the_apis(capsys: pytest.CaptureFixture[str]) -> None:
+    from orderpipe.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["local", "--background-nice", "0"]).background_nice == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["local", "--background-nice", "-5"])
+    assert "-5 is not a niceness from 0" in capsys.readouterr().err

@@ -38,7 +38,8 @@ class PipelineConfig:
     workers: int = DEFAULT_WORKERS
     # The niceness of what works off the queue and the stream (their functions' workers and
     # moto's DynamoDB): on a busy machine the API answers first and the queue absorbs the
-    # burst, as the pipeline's stages scale apart in AWS. 0: all at the same priority.
+    # burst, as the pipeline's stages scale apart in AWS. The API's own DynamoDB calls
+    # (idempotency records, GET /orders/{id}) share the lower priority. 0: all at the same one.
     background_nice: int = DEFAULT_BACKGROUND_NICE
 
     def __post_init__(self) -> None:

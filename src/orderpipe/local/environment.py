@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import botocore.session
+
 from orderpipe.stack.provision import Stack
 from orderpipe.stack.template import Resolver
 
@@ -121,8 +123,11 @@ def shared_environment(
     return merged
 
 
-# botocore's variable for one service's endpoint is AWS_ENDPOINT_URL_ + its service id.
-_SERVICE_IDS = {"dynamodb": "DYNAMODB", "dynamodbstreams": "DYNAMODB_STREAMS"}
+def endpoint_variable(service: str) -> str:
+    """botocore's variable for one service's endpoint: AWS_ENDPOINT_URL_ and its service id
+    (`dynamodbstreams` -> AWS_ENDPOINT_URL_DYNAMODB_STREAMS)."""
+    service_id = botocore.session.get_session().get_service_model(service).service_id
+    return f"{ENDPOINT_VARIABLE}_{service_id.hyphenize().replace('-', '_').upper()}"
 
 
 def aws_environment(
@@ -133,10 +138,7 @@ def aws_environment(
     return {
         **DUMMY_CREDENTIALS,
         ENDPOINT_VARIABLE: endpoint_url,
-        **{
-            f"{ENDPOINT_VARIABLE}_{_SERVICE_IDS[service]}": url
-            for service, url in (service_urls or {}).items()
-        },
+        **{endpoint_variable(service): url for service, url in (service_urls or {}).items()},
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
         "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon to send segments to

@@ -56,6 +56,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -143,8 +144,9 @@ def _patch_sqs() -> None:
         setattr(backend, name, _holding_queue_lock(getattr(backend, name), _named_queue))
 
 
-# Every message that was received, by each receipt handle it was given, until it is deleted.
-_received: dict[str, Any] = {}
+# Every message that was received, by each receipt handle it was given, while it exists (a
+# purge, a reset or a move to the dead-letter queue lets it go).
+_received: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 class _VisibleMessages:
