@@ -312,3 +312,37 @@ def test_receives_and_deletes_behind_a_backlog_answer_as_moto_does(patched_endpo
     assert patched[3] == ([str(i) for i in range(10)], [])
     assert patched[6] == ([], ["ReceiptHandleIsInvalid"])
     assert patched[7] == {"ApproximateNumberOfMessages": "30", "ApproximateNumberOfMessagesNotVisible": "10"}
+
+
+def test_items_keep_moto_s_size_limit(patched_endpoint: str) -> None:
+    # Given the same writes on the patched endpoint and on moto: items under and over 400 KB
+    def scenario(dynamodb: DynamoDBClient) -> list[Any]:
+        dynamodb.create_table(
+            TableName="sizes",
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        outcomes: list[Any] = []
+        cases: list[tuple[str, dict[str, Any]]] = [
+            ("small", {"n": {"N": "12.50"}, "m": {"M": {"a": {"L": [{"S": "x"}, {"BOOL": True}]}}}}),
+            ("just-under", {f"a{i}": {"S": "x" * 40_000} for i in range(10)}),
+            ("over", {f"a{i}": {"S": "x" * 40_000} for i in range(11)}),
+        ]
+        for key, attributes in cases:
+            try:
+                dynamodb.put_item(TableName="sizes", Item={"k": {"S": key}, **attributes})
+                stored = dynamodb.get_item(TableName="sizes", Key={"k": {"S": key}})["Item"]
+                outcomes.append(stored == {"k": {"S": key}, **attributes})
+            except ClientError as error:
+                outcomes.append((error.response["Error"]["Code"], error.response["Error"]["Message"]))
+        return outcomes
+
+    patched = scenario(client("dynamodb", patched_endpoint))
+    with mock_aws():
+        plain = scenario(boto3.client("dynamodb", region_name="us-east-1"))
+
+    # Then the answers are moto's: stored whole, or refused as too large
+    assert patched == plain
+    assert patched[:2] == [True, True]
+    assert patched[2][0] == "ValidationException"

@@ -42,6 +42,9 @@ Apply once in the process that runs moto's server, before it serves (`apply_moto
    now reads the messages in order until it has enough, and a delete finds its message by
    receipt handle and removes it from the list's head, where received messages are: 2.2 ms
    behind 10,000.
+10. Building an item checked its size limit after each attribute by summing the sizes of all
+   the attributes added before: O(n^2) in the attributes. The same sum is taken once: an
+   order's PutItem went from 1.08 to 0.99 ms of moto's CPU.
 
 None of this changes what a client sees, only that it stays true under load.
 """
@@ -304,6 +307,22 @@ def _patch_dynamodb() -> None:
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[method-assign,assignment]
+
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models import dynamo_type
+    from moto.dynamodb.models.utilities import bytesize
+
+    def item_init(item: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+        item.hash_key = hash_key
+        item.range_key = range_key
+        values = {name: dynamo_type.DynamoType(value) for name, value in attrs.items()}
+        # moto's size rule, summed once: each addition re-summed everything added before.
+        if sum(bytesize(name) + value.size() for name, value in values.items()) > 405000:
+            raise ItemSizeTooLarge
+        item.attrs = dynamo_type.LimitedSizeDict()
+        dict.update(item.attrs, values)
+
+    dynamo_type.Item.__init__ = item_init  # type: ignore[assignment,method-assign]
 
 
 _PLAIN_NAME = re.compile(r"#?[A-Za-z_][A-Za-z0-9_]*")
