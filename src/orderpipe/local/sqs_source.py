@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -27,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 from orderpipe.local.batch_response import reported_failures
 from orderpipe.local.event_filter import EventFilter
 from orderpipe.local.functions import Invocable
+from orderpipe.local.loopback_http import JsonProtocolApi
 from orderpipe.local.polling import INVOKE_PAYLOAD_LIMIT, Counters, as_bool, as_float, as_int, aws_client
 from orderpipe.stack.provision import Stack
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageAttributeValueOutputTypeDef, MessageTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,8 @@ class SqsEventSource:
             )
 
         self._sqs: SQSClient = aws_client("sqs", endpoint_url, self.region, connections=self.concurrency + 4)
+        # Receives and deletes, made for every batch, skip botocore's parsing (see JsonProtocolApi).
+        self._messages = JsonProtocolApi(endpoint_url, "AmazonSQS", "sqs", self.region)
         self.queue_url, queue_name = self._queue_url(stack)
         self.name = f"{function.function_id} <- {queue_name}"
 
@@ -247,15 +248,17 @@ class SqsEventSource:
                 break
         return batch
 
-    def _receive(self, count: int, wait: int) -> list[MessageTypeDef]:
-        response = self._sqs.receive_message(
+    def _receive(self, count: int, wait: int) -> list[dict[str, Any]]:
+        """Messages as ReceiveMessage's JSON has them (binary values base64-encoded)."""
+        response = self._messages.call(
+            "ReceiveMessage",
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=count,
             WaitTimeSeconds=wait,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         )
-        messages = response.get("Messages", [])
+        messages: list[dict[str, Any]] = response.get("Messages", [])
         if messages:
             with self._lock:
                 self._held += len(messages)
@@ -269,7 +272,7 @@ class SqsEventSource:
             self._release(len(records))
         self.counters.add("filtered", len(records))
 
-    def _lambda_record(self, message: MessageTypeDef) -> dict[str, Any]:
+    def _lambda_record(self, message: dict[str, Any]) -> dict[str, Any]:
         """One record of the event Lambda sends for SQS."""
         attributes = dict(message.get("Attributes", {}))
         ordered = {name: attributes.pop(name) for name in _ATTRIBUTE_ORDER if name in attributes}
@@ -328,7 +331,8 @@ class SqsEventSource:
     def _delete(self, records: list[dict[str, Any]]) -> None:
         for start in range(0, len(records), SQS_RECEIVE_LIMIT):
             chunk = records[start : start + SQS_RECEIVE_LIMIT]
-            response = self._sqs.delete_message_batch(
+            response = self._messages.call(
+                "DeleteMessageBatch",
                 QueueUrl=self.queue_url,
                 Entries=[
                     {"Id": str(index), "ReceiptHandle": record["receiptHandle"]}
@@ -349,16 +353,15 @@ def _record_size(record: dict[str, Any]) -> int:
     return len(record["body"].encode()) + _RECORD_OVERHEAD
 
 
-def _lambda_message_attribute(value: MessageAttributeValueOutputTypeDef) -> dict[str, Any]:
-    """SQS's MessageAttributeValue in the camelCase shape of Lambda's event."""
+def _lambda_message_attribute(value: dict[str, Any]) -> dict[str, Any]:
+    """SQS's MessageAttributeValue (as JSON: binary values base64-encoded) in the camelCase
+    shape of Lambda's event."""
     attribute: dict[str, Any] = {}
     if "StringValue" in value:
         attribute["stringValue"] = value["StringValue"]
     if "BinaryValue" in value:
-        attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode("ascii")
+        attribute["binaryValue"] = value["BinaryValue"]
     attribute["stringListValues"] = list(value.get("StringListValues", []))
-    attribute["binaryListValues"] = [
-        base64.b64encode(item).decode("ascii") for item in value.get("BinaryListValues", [])
-    ]
+    attribute["binaryListValues"] = list(value.get("BinaryListValues", []))
     attribute["dataType"] = value["DataType"]
     return attribute
