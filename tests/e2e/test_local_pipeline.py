@@ -202,18 +202,19 @@ def test_a_record_the_notifier_cannot_handle_goes_to_notifier_dlq_with_its_metad
     assert not emails_naming(pipeline, broken_id)
 
 
-def test_orderpipe_invoke_runs_a_function_against_the_running_pipeline(pipeline: RunningPipeline) -> None:
-    # When the ingest function is invoked with a fixture, against the running pipeline's endpoint
+@pytest.mark.parametrize("found_by", ["state file", "endpoint URL"])
+def test_orderpipe_invoke_runs_a_function_against_the_running_pipeline(
+    pipeline: RunningPipeline, found_by: str
+) -> None:
+    # When the ingest function is invoked with a fixture, against the running pipeline: found
+    # through its state file (as by default), or through its endpoint's URL
+    where = (
+        ["--state-file", str(pipeline.output.parent / "state.json")]
+        if found_by == "state file"
+        else ["--endpoint-url", pipeline.endpoint_url]
+    )
     invoked = subprocess.run(
-        [
-            *orderpipe_command(),
-            "invoke",
-            "ingest",
-            "-e",
-            str(EVENTS / "ingest-post-order.json"),
-            "--endpoint-url",
-            pipeline.endpoint_url,
-        ],
+        [*orderpipe_command(), "invoke", "ingest", "-e", str(EVENTS / "ingest-post-order.json"), *where],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -226,7 +227,10 @@ def test_orderpipe_invoke_runs_a_function_against_the_running_pipeline(pipeline:
     response = json.loads(invoked.stdout)
     assert response["statusCode"] == 202
     order_id = json.loads(response["body"])["orderId"]
-    assert f"against {pipeline.endpoint_url}" in invoked.stderr
+    expected = (
+        "the running orderpipe local" if found_by == "state file" else f"against {pipeline.endpoint_url}"
+    )
+    assert expected in invoked.stderr
 
     # And the order it queued goes through the running pipeline: stored, then mailed
     wait_until(lambda: pipeline.order_status(order_id) == "NOTIFIED", MAIL_TIMEOUT_SECONDS)

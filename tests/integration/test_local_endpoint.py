@@ -163,7 +163,7 @@ def test_the_endpoint_exits_when_its_dynamodb_process_dies() -> None:
         os.kill(endpoint.dynamodb_pid, signal.SIGKILL)
 
         # Then the endpoint exits with an error, so that the pipeline sees it gone
-        assert endpoint.wait() == 1
+        assert endpoint.wait(timeout=10) == 1
         assert not endpoint.running
 
 
@@ -390,27 +390,56 @@ def test_json_protocol_calls_answer_json_and_errors_as_botocore_would(endpoint: 
     assert answered.value.response["Error"]["Code"] == expected.value.response["Error"]["Code"]
     assert answered.value.response["Error"]["Code"] == "ResourceNotFoundException"
 
+    # And SQS's error codes, which travel in a header, are botocore's too
+    sqs_raw = JsonProtocolApi(endpoint.url, "AmazonSQS", "sqs", "us-east-1")
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint.url,
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    with pytest.raises(ClientError) as expected:
+        sqs.get_queue_url(QueueName="missing")
+    with pytest.raises(ClientError) as answered:
+        sqs_raw.call("GetQueueUrl", QueueName="missing")
+    assert answered.value.response["Error"]["Code"] == expected.value.response["Error"]["Code"]
+
 
 def test_a_chunked_dynamodb_request_is_forwarded_whole(endpoint: AwsEndpoint) -> None:
-    # Given a DynamoDB call sent to the endpoint's URL with a chunked body
+    # Given a CreateTable sent to the endpoint's URL with a chunked body
     url = urllib.parse.urlsplit(endpoint.url)
     connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
-    body = json.dumps({"Limit": 5}).encode()
+    body = json.dumps(
+        {
+            "TableName": "sent-in-chunks",
+            "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}],
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+    ).encode()
     connection.request(
         "POST",
         "/",
-        body=iter([body[:4], body[4:]]),
+        body=iter([body[:20], body[20:]]),
         headers={
-            "X-Amz-Target": "DynamoDB_20120810.ListTables",
+            "X-Amz-Target": "DynamoDB_20120810.CreateTable",
             "Content-Type": "application/x-amz-json-1.0",
             "Authorization": _SIGNATURE.format(service="dynamodb"),
         },
         encode_chunked=True,
     )
 
-    # Then the second moto answers it, as if it had come whole
+    # Then the second moto took it whole: the table exists
     response = connection.getresponse()
     answer = json.loads(response.read())
     connection.close()
     assert response.status == 200, answer
-    assert "TableNames" in answer
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint.url_for("dynamodb"),
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    assert "sent-in-chunks" in dynamodb.list_tables()["TableNames"]

@@ -208,3 +208,14 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited, whoever reaps it
+
+
+def test_sys_exit_in_an_in_process_function_is_a_function_error() -> None:
+    def exits(event: dict[str, Any], context: Any) -> None:
+        raise SystemExit(2)
+
+    function = LocalFunction("InProcess", handler=exits, timeout_seconds=3, memory_mb=128)
+
+    with pytest.raises(FunctionError, match="SystemExit"):
+        function.invoke({})
+    assert (function.invocations, function.errors) == (1, 1)

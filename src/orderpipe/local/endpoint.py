@@ -185,10 +185,10 @@ class AwsEndpoint:
     def _log_hint(self) -> str:
         return f"; see {self.log_path}" if self.log_path is not None else ""
 
-    def wait(self) -> int:
-        """Until the child exits: its exit code."""
+    def wait(self, timeout: float | None = None) -> int:
+        """Until the child exits (subprocess.TimeoutExpired after `timeout`): its exit code."""
         process = self._process
-        return process.wait() if process is not None else 0
+        return process.wait(timeout) if process is not None else 0
 
     def stop(self, timeout: float = _STOP_TIMEOUT_SECONDS) -> None:
         """Ask the child to exit (SIGTERM), wait, kill it if it does not. Idempotent."""

@@ -9,6 +9,7 @@ file cannot give a function a variable it would not have when deployed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -123,6 +124,7 @@ def shared_environment(
     return merged
 
 
+@functools.cache
 def endpoint_variable(service: str) -> str:
     """botocore's variable for one service's endpoint: AWS_ENDPOINT_URL_ and its service id
     (`dynamodbstreams` -> AWS_ENDPOINT_URL_DYNAMODB_STREAMS)."""

@@ -59,6 +59,9 @@ class LocalFunction:
             except Exception:
                 self.errors += 1
                 raise
+            except (SystemExit, GeneratorExit) as exit_:  # a function error too, not this thread's end
+                self.errors += 1
+                raise FunctionError(f"{self.function_id} exited: {exit_!r}") from exit_
 
 
 def load_functions(stack: Stack, root: Path) -> dict[str, LocalFunction]:
@@ -125,7 +128,7 @@ def _invoke_in_worker(
     )
     try:
         return True, _worker_handler(event, context)
-    except BaseException:  # sys.exit() too: Lambda reports it, and the environment goes on
+    except BaseException:  # sys.exit() too: a function error (this environment goes on)
         return False, traceback.format_exc()
     finally:
         # The function log is a file shared with the parent: write this invocation's lines out.
@@ -153,7 +156,7 @@ def _serve_invocations(connection: Connection, function: LocalFunction, nice: in
         answer = _invoke_in_worker(function.function_id, function.timeout_seconds, function.memory_mb, event)
         try:
             payload = ForkingPickler.dumps(answer)
-        except Exception:  # a response that cannot travel, as Lambda's cannot be serialized
+        except Exception:  # a response that cannot be pickled back: a function error
             payload = ForkingPickler.dumps((False, traceback.format_exc()))
         connection.send_bytes(payload)
 
@@ -248,7 +251,7 @@ class ProcessPoolFunction:
             worker.connection.send(event)
             answer: tuple[bool, Any] = worker.connection.recv()
             return answer
-        except (EOFError, OSError) as error:  # the worker died, say: a function error too
+        except (EOFError, OSError, TypeError) as error:  # the worker died or was killed: a function error
             worker.alive = False
             return False, f"its worker (pid {worker.process.pid}) died: {error!r}"
 
@@ -275,7 +278,8 @@ class ProcessPoolFunction:
             worker.process.kill()  # SIGKILL, unless it has ended already
         for worker in self._workers:
             worker.process.join(5)
-            worker.connection.close()
+            if not worker.process.is_alive():
+                worker.connection.close()
 
 
 class Poller(Protocol):

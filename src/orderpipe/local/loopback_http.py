@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -51,10 +52,14 @@ class KeepAliveConnections:
 
 
 class JsonProtocolApi:
-    """One AWS JSON-protocol API (DynamoDB Streams, say) of the local endpoint, whose answers
+    """One AWS JSON-protocol API (DynamoDB Streams, SQS) of the local endpoint, whose answers
     are kept as the JSON they are. botocore turns every attribute of every record into Python
     values, and a poller turns them back into JSON for the function's event: that was half the
-    stream poller's CPU. Errors are botocore's ClientError, with the code the endpoint sent."""
+    stream poller's CPU. Errors are botocore's ClientError with the code botocore would give;
+    a server error or a dropped connection is tried again, twice, as botocore's standard
+    retries do (the pollers' calls - receive, delete, read a stream - may be repeated)."""
+
+    ATTEMPTS = 3
 
     def __init__(self, endpoint_url: str, target_prefix: str, signing_name: str, region: str) -> None:
         self._connections = KeepAliveConnections(endpoint_url)
@@ -70,10 +75,33 @@ class JsonProtocolApi:
             "X-Amz-Target": f"{self._target_prefix}.{action}",
             "Authorization": self._authorization,
         }
-        answer = self._connections.request("POST", "/", json.dumps(parameters).encode(), headers)
-        content: dict[str, Any] = json.loads(answer.body) if answer.body else {}
-        if answer.status != 200:
-            code = str(content.get("__type", "")).rpartition("#")[2] or str(answer.status)
-            error = {"Code": code, "Message": content.get("message", content.get("Message", answer.reason))}
-            raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": answer.status}}, action)  # type: ignore[typeddict-item]
-        return content
+        body = json.dumps(parameters).encode()
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                answer = self._connections.request("POST", "/", body, headers)
+            except (OSError, http.client.HTTPException):
+                if attempt == self.ATTEMPTS:
+                    raise
+            else:
+                if answer.status < 500 or attempt == self.ATTEMPTS:
+                    break
+            time.sleep(0.05 * 2**attempt)
+        content = _json_object(answer.body)
+        if answer.status == 200:
+            return content
+        # SQS names its errors in a header (botocore reads it); other services in __type.
+        answer_headers = {name.lower(): value for name, value in answer.headers}
+        query_error = answer_headers.get("x-amzn-query-error", "")
+        code = query_error.partition(";")[0] or str(content.get("__type", "")).rpartition("#")[2]
+        message = content.get("message", content.get("Message")) or answer.body.decode(errors="replace")
+        error = {"Code": code or str(answer.status), "Message": message or answer.reason}
+        raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": answer.status}}, action)  # type: ignore[typeddict-item]
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The answer's JSON object; {} for a body that is none (a plain-text error, say)."""
+    try:
+        content = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return content if isinstance(content, dict) else {}

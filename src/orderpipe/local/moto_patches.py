@@ -148,7 +148,7 @@ def _patch_sqs() -> None:
 
 
 # Every message that was received, by each receipt handle it was given, while it exists (a
-# purge, a reset or a move to the dead-letter queue lets it go).
+# purge or a reset lets it go; a delete checks the message is in the queue it deletes from).
 _received: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
