@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import socket
+import textwrap
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -26,7 +28,7 @@ from orderpipe.local.endpoint import AwsEndpoint, EndpointError, JsonProtocolRou
 from orderpipe.local.environment import sam_env_vars
 from orderpipe.local.state import find_stack
 from orderpipe.stack.provision import Stack, provision_stack
-from orderpipe.stack.template import Template
+from orderpipe.stack.template import Template, load_template
 from tests.conftest import EVENTS, ROOT
 
 DOCKER_ENDPOINT = "http://host.docker.internal:4566"
@@ -46,8 +48,12 @@ def template() -> Template:
 
 
 @pytest.fixture(scope="module")
-def stack(endpoint: AwsEndpoint, template: Template) -> Stack:
-    return provision_stack(template, endpoint_url=endpoint.url)
+def stack(endpoint: AwsEndpoint, template: Template) -> Iterator[Stack]:
+    # Module-scoped, so set up before the per-test dummy credentials (tests/conftest.py)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        yield provision_stack(template, endpoint_url=endpoint.url)
 
 
 def test_the_endpoint_answers_on_a_loopback_port(endpoint: AwsEndpoint) -> None:
@@ -443,3 +449,38 @@ def test_a_chunked_dynamodb_request_is_forwarded_whole(endpoint: AwsEndpoint) ->
         aws_secret_access_key="s",
     )
     assert "sent-in-chunks" in dynamodb.list_tables()["TableNames"]
+
+
+def test_fifo_queues_and_topics_are_found_again_by_name(endpoint: AwsEndpoint, tmp_path: Path) -> None:
+    # Given FIFO and named resources provisioned on the endpoint
+    (tmp_path / "template.yaml").write_text(
+        textwrap.dedent(
+            """
+            AWSTemplateFormatVersion: "2010-09-09"
+            Resources:
+              FifoQueue:
+                Type: AWS::SQS::Queue
+                Properties: {FifoQueue: true, ContentBasedDeduplication: true}
+              FifoTopic:
+                Type: AWS::SNS::Topic
+                Properties: {FifoTopic: true}
+              NamedTable:
+                Type: AWS::DynamoDB::Table
+                Properties:
+                  TableName: named-by-the-template
+                  BillingMode: PAY_PER_REQUEST
+                  KeySchema: [{AttributeName: k, KeyType: HASH}]
+                  AttributeDefinitions: [{AttributeName: k, AttributeType: S}]
+            """
+        )
+    )
+    template = load_template(tmp_path / "template.yaml", stack_name="found-again")
+    created = provision_stack(template, endpoint_url=endpoint.url)
+
+    # When they are looked up by name, as `orderpipe invoke --endpoint-url` does
+    found = find_stack(template, endpoint.url)
+
+    # Then each is the one created (FIFO names end in .fifo, the template's names are kept)
+    for logical_id in ("FifoQueue", "FifoTopic", "NamedTable"):
+        assert found.ref(logical_id) == created.ref(logical_id)
+    assert found.ref("NamedTable") == "named-by-the-template"

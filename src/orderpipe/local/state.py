@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.local.polling import aws_client
-from orderpipe.stack.provision import Resource, Stack
+from orderpipe.stack.provision import Resource, Stack, resource_name
 from orderpipe.stack.template import ACCOUNT_ID, Template
 
 STATE_DIR = ".orderpipe"
@@ -96,7 +96,7 @@ def find_stack(template: Template, endpoint_url: str) -> Stack:
     """The template's queues, tables and topics as they exist in an endpoint, found by name.
 
     For an endpoint whose state file is not at hand: the names are deterministic
-    (`{stack_name}-{LogicalId}`, as provisioning creates them).
+    (`provision.resource_name`).
     """
     sqs = aws_client("sqs", endpoint_url, template.region)
     dynamodb = aws_client("dynamodb", endpoint_url, template.region)
@@ -110,20 +110,20 @@ def find_stack(template: Template, endpoint_url: str) -> Stack:
         try:
             match resource["Type"]:
                 case "AWS::SQS::Queue":
-                    name = properties.get("QueueName") or f"{template.stack_name}-{logical_id}"
+                    name = resource_name(template.stack_name, logical_id, resource["Type"], properties)
                     url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
                     arn = f"arn:aws:sqs:{template.region}:{ACCOUNT_ID}:{name}"
                     attributes = {"Arn": arn, "QueueName": name, "QueueUrl": url}
                     stack.add(Resource(logical_id, resource["Type"], url, attributes))
                 case "AWS::DynamoDB::Table":
-                    name = properties.get("TableName") or f"{template.stack_name}-{logical_id}"
+                    name = resource_name(template.stack_name, logical_id, resource["Type"], properties)
                     table = dynamodb.describe_table(TableName=name)["Table"]
                     attributes = {"Arn": table["TableArn"]}
                     if "LatestStreamArn" in table:
                         attributes["StreamArn"] = table["LatestStreamArn"]
                     stack.add(Resource(logical_id, resource["Type"], name, attributes))
                 case "AWS::SNS::Topic":
-                    name = properties.get("TopicName") or f"{template.stack_name}-{logical_id}"
+                    name = resource_name(template.stack_name, logical_id, resource["Type"], properties)
                     arn = f"arn:aws:sns:{template.region}:{ACCOUNT_ID}:{name}"
                     sns.get_topic_attributes(TopicArn=arn)
                     stack.add(

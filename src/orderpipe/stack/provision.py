@@ -8,7 +8,7 @@ skipped: the local pipeline plays the functions and the API itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,12 +139,9 @@ class _Provisioner:
                 del pending[logical_id]
         return self.stack
 
-    def physical_name(self, logical_id: str) -> str:
-        return f"{self.stack.template.stack_name}-{logical_id}"
-
     def create_queue(self, logical_id: str, properties: dict[str, Any]) -> Resource:
-        fifo = _attribute_value(properties.get("FifoQueue", False)) == "true"
-        name = properties.pop("QueueName", None) or _fifo_name(self.physical_name(logical_id), fifo)
+        name = resource_name(self.stack.template.stack_name, logical_id, "AWS::SQS::Queue", properties)
+        properties.pop("QueueName", None)
         properties.pop("Tags", None)
         # The queue's CloudFormation properties are its SQS attributes, JSON ones as objects.
         attributes: dict[Any, str] = {key: _attribute_value(value) for key, value in properties.items()}
@@ -155,7 +152,7 @@ class _Provisioner:
         return Resource(logical_id, "AWS::SQS::Queue", url, {"Arn": arn, "QueueName": name, "QueueUrl": url})
 
     def create_table(self, logical_id: str, properties: dict[str, Any]) -> Resource:
-        name = properties.get("TableName") or self.physical_name(logical_id)
+        name = resource_name(self.stack.template.stack_name, logical_id, "AWS::DynamoDB::Table", properties)
         request: dict[str, Any] = {
             "TableName": name,
             "AttributeDefinitions": properties["AttributeDefinitions"],
@@ -191,8 +188,7 @@ class _Provisioner:
         return Resource(logical_id, "AWS::DynamoDB::Table", name, attributes)
 
     def create_topic(self, logical_id: str, properties: dict[str, Any]) -> Resource:
-        fifo = _attribute_value(properties.get("FifoTopic", False)) == "true"
-        name = properties.get("TopicName") or _fifo_name(self.physical_name(logical_id), fifo)
+        name = resource_name(self.stack.template.stack_name, logical_id, "AWS::SNS::Topic", properties)
         topic_attributes: dict[str, str] = {
             key: _attribute_value(properties[key])
             for key in (
@@ -237,8 +233,23 @@ def _attribute_value(value: Any) -> str:
     return str(value)
 
 
-def _fifo_name(name: str, fifo: bool) -> str:
-    """SQS and SNS require FIFO queue and topic names to end in `.fifo`."""
+# The property that names a resource of each type, and the one that makes it FIFO.
+_NAMING = {
+    "AWS::SQS::Queue": ("QueueName", "FifoQueue"),
+    "AWS::DynamoDB::Table": ("TableName", None),
+    "AWS::SNS::Topic": ("TopicName", "FifoTopic"),
+}
+
+
+def resource_name(stack_name: str, logical_id: str, resource_type: str, properties: Mapping[str, Any]) -> str:
+    """The name a queue, table or topic is created with: the template's, else
+    `{stack_name}-{LogicalId}`, ending in `.fifo` for a FIFO queue or topic (SQS and SNS require
+    it)."""
+    name_property, fifo_property = _NAMING[resource_type]
+    if properties.get(name_property):
+        return str(properties[name_property])
+    name = f"{stack_name}-{logical_id}"
+    fifo = fifo_property is not None and _attribute_value(properties.get(fifo_property, False)) == "true"
     return f"{name}.fifo" if fifo else name
 
 
