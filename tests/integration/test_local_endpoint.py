@@ -175,23 +175,10 @@ def test_the_endpoint_exits_when_its_dynamodb_process_dies() -> None:
 
 def test_the_one_url_serves_dynamodb_kept_by_the_second_moto(endpoint: AwsEndpoint) -> None:
     # Given a table created through the endpoint's URL
-    clients = {
-        url: boto3.client(
-            "dynamodb",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="k",
-            aws_secret_access_key="s",
-        )
-        for url in (endpoint.url, endpoint.url_for("dynamodb"))
-    }
-    public, direct = clients.values()
-    public.create_table(
-        TableName="served-twice",
-        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
+    public, direct = (
+        endpoint_client(url, "dynamodb") for url in (endpoint.url, endpoint.url_for("dynamodb"))
     )
+    public.create_table(**keyed_table("served-twice"))
 
     # When an item is written on the DynamoDB URL, and a conditional write fails on the URL
     direct.put_item(TableName="served-twice", Item={"k": {"S": "order-1"}})
@@ -211,19 +198,8 @@ def test_the_one_url_serves_dynamodb_kept_by_the_second_moto(endpoint: AwsEndpoi
 
 def test_a_reset_of_the_endpoint_resets_its_dynamodb_too() -> None:
     with AwsEndpoint(port=0) as endpoint:
-        dynamodb = boto3.client(
-            "dynamodb",
-            endpoint_url=endpoint.url_for("dynamodb"),
-            region_name="us-east-1",
-            aws_access_key_id="k",
-            aws_secret_access_key="s",
-        )
-        dynamodb.create_table(
-            TableName="reset-me",
-            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        dynamodb = endpoint_client(endpoint.url_for("dynamodb"), "dynamodb")
+        dynamodb.create_table(**keyed_table("reset-me"))
 
         urllib.request.urlopen(
             urllib.request.Request(f"{endpoint.url}/moto-api/reset", method="POST"), timeout=10
@@ -297,12 +273,7 @@ def test_the_endpoints_direct_json_routes_answer_what_moto_s_app_would() -> None
     # Given moto's app, and the same app with the JSON protocol's hot calls routed directly
     moto_app = Client(DomainDispatcherApplication(create_backend_app))
     direct = Client(JsonProtocolRoutes(DomainDispatcherApplication(create_backend_app)))
-    table = {
-        "TableName": "direct-routes",
-        "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
-        "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+    table = keyed_table("direct-routes")
     conditional_put = {
         "TableName": "direct-routes",
         "Item": {"k": {"S": "taken"}},
@@ -363,26 +334,10 @@ def test_json_protocol_calls_answer_json_and_errors_as_botocore_would(endpoint: 
     raw = JsonProtocolApi(
         endpoint.url_for("dynamodbstreams"), "DynamoDBStreams_20120810", "dynamodb", "us-east-1"
     )
-    streams = boto3.client(
-        "dynamodbstreams",
-        endpoint_url=endpoint.url_for("dynamodbstreams"),
-        region_name="us-east-1",
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    )
+    streams = endpoint_client(endpoint.url_for("dynamodbstreams"), "dynamodbstreams")
     missing = "arn:aws:dynamodb:us-east-1:123456789012:table/missing/stream/2026-01-01T00:00:00.000"
-    boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint.url_for("dynamodb"),
-        region_name="us-east-1",
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    ).create_table(
-        TableName="streamed-raw",
-        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    endpoint_client(endpoint.url_for("dynamodb"), "dynamodb").create_table(
+        **keyed_table("streamed-raw", stream=True)
     )
 
     # Then a success is the answer's JSON, and an error is a ClientError with botocore's code
@@ -398,13 +353,7 @@ def test_json_protocol_calls_answer_json_and_errors_as_botocore_would(endpoint: 
 
     # And SQS's error codes, which travel in a header, are botocore's too
     sqs_raw = JsonProtocolApi(endpoint.url, "AmazonSQS", "sqs", "us-east-1")
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=endpoint.url,
-        region_name="us-east-1",
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    )
+    sqs = endpoint_client(endpoint.url, "sqs")
     with pytest.raises(ClientError) as expected:
         sqs.get_queue_url(QueueName="missing")
     with pytest.raises(ClientError) as answered:
@@ -416,14 +365,7 @@ def test_a_chunked_dynamodb_request_is_forwarded_whole(endpoint: AwsEndpoint) ->
     # Given a CreateTable sent to the endpoint's URL with a chunked body
     url = urllib.parse.urlsplit(endpoint.url)
     connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
-    body = json.dumps(
-        {
-            "TableName": "sent-in-chunks",
-            "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
-            "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}],
-            "BillingMode": "PAY_PER_REQUEST",
-        }
-    ).encode()
+    body = json.dumps(keyed_table("sent-in-chunks")).encode()
     connection.request(
         "POST",
         "/",
@@ -441,13 +383,7 @@ def test_a_chunked_dynamodb_request_is_forwarded_whole(endpoint: AwsEndpoint) ->
     answer = json.loads(response.read())
     connection.close()
     assert response.status == 200, answer
-    dynamodb = boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint.url_for("dynamodb"),
-        region_name="us-east-1",
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    )
+    dynamodb = endpoint_client(endpoint.url_for("dynamodb"), "dynamodb")
     assert "sent-in-chunks" in dynamodb.list_tables()["TableNames"]
 
 
@@ -484,3 +420,21 @@ def test_fifo_queues_and_topics_are_found_again_by_name(endpoint: AwsEndpoint, t
     for logical_id in ("FifoQueue", "FifoTopic", "NamedTable"):
         assert found.ref(logical_id) == created.ref(logical_id)
     assert found.ref("NamedTable") == "named-by-the-template"
+
+
+def endpoint_client(url: str, service: str) -> Any:
+    """A boto3 client of the endpoint (tests/conftest.py gives every test dummy credentials)."""
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1")  # type: ignore[call-overload]
+
+
+def keyed_table(name: str, *, stream: bool = False) -> dict[str, Any]:
+    """CreateTable's parameters for an on-demand table keyed by a string `k`."""
+    table: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if stream:
+        table["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}
+    return table
