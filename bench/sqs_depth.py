@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=50, help="receive+delete batches measured per depth")
     args = parser.parse_args(argv)
     with AwsEndpoint() as endpoint:
-        assert endpoint._process is not None
-        pid = endpoint._process.pid
+        pid = endpoint.pid
+        assert pid is not None
         sqs: SQSClient = boto3.client(
             "sqs",
             endpoint_url=endpoint.url,

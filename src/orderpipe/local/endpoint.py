@@ -97,6 +97,10 @@ class AwsEndpoint:
         return self.service_urls.get(service, self.url)
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -356,7 +360,7 @@ def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int
         "port": bound_port,
         "pid": os.getpid(),
         "services": services,
-        "dynamodb_pid": dynamodb._process.pid if dynamodb is not None and dynamodb._process else None,
+        "dynamodb_pid": dynamodb.pid if dynamodb is not None else None,
     }
     print(_READY_PREFIX + json.dumps(ready), flush=True)
     try:

@@ -127,13 +127,10 @@ class DynamoDBStreamEventSource:
             if unsupported in mapping and str(mapping[unsupported]) not in ("", "1", "0"):
                 log.warning("%s: %s is not played locally; ignored", function.function_id, unsupported)
 
-        self._streams: DynamoDBStreamsClient = aws_client(
-            "dynamodbstreams", streams_url or endpoint_url, self.region
-        )
+        streams_url = streams_url or endpoint_url
+        self._streams: DynamoDBStreamsClient = aws_client("dynamodbstreams", streams_url, self.region)
         # GetRecords, read often and record by record, skips botocore's parsing (see JsonProtocolApi).
-        self._records = JsonProtocolApi(
-            streams_url or endpoint_url, "DynamoDBStreams_20120810", "dynamodb", self.region
-        )
+        self._records = JsonProtocolApi(streams_url, "DynamoDBStreams_20120810", "dynamodb", self.region)
         self._sqs: SQSClient = aws_client("sqs", endpoint_url, self.region)
         self._sns: SNSClient = aws_client("sns", endpoint_url, self.region)
         try:
