@@ -16,9 +16,11 @@ from orderpipe.lambda_context import LocalLambdaContext
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 
-# Powertools' Metrics takes its namespace from the environment when `orderpipe.observability` is
-# first imported, and test modules import it while they are collected, before any fixture runs.
+# Powertools' Metrics takes its namespace, and orderpipe its stage dimension, from the environment
+# when `orderpipe.observability` is first imported, and test modules import it while they are
+# collected, before any fixture runs.
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Orderpipe")
+os.environ.setdefault("STAGE", "dev")
 
 
 def load_event(name: str) -> dict[str, Any]:

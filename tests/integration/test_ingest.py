@@ -78,6 +78,18 @@ def emitted_metrics(output: str) -> dict[str, float]:
     return totals
 
 
+def emitted_dimensions(output: str) -> set[tuple[tuple[str, str], ...]]:
+    """Each dimension set of the EMF documents printed on stdout, with its values."""
+    found = set()
+    for line in output.splitlines():
+        if '"_aws"' in line:
+            document = json.loads(line)
+            for directive in document["_aws"]["CloudWatchMetrics"]:
+                for names in directive["Dimensions"]:
+                    found.add(tuple((name, document[name]) for name in names))
+    return found
+
+
 # --- Every fixture is exercised --------------------------------------------------------------
 
 FIXTURE_STATUS = {
@@ -133,7 +145,10 @@ def test_post_order_fixture_queues_the_order_and_answers_202(
 
     # And the order id is the correlation id, and one accepted order is counted
     assert logger.get_correlation_id() == body["orderId"]
-    assert emitted_metrics(capsys.readouterr().out).get("OrdersAccepted") == 1
+    output = capsys.readouterr().out
+    assert emitted_metrics(output).get("OrdersAccepted") == 1
+    # And the metric is the stage's own, as the template's alarms and dashboard read it
+    assert {dict(dimensions).get("stage") for dimensions in emitted_dimensions(output)} == {"dev"}
 
 
 def test_client_total_is_ignored(ingest: Invoke, stack: Stack) -> None:

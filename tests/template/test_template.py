@@ -255,7 +255,11 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "NotifierIteratorAgeAlarm": ("AWS/Lambda", "IteratorAge", {"FunctionName": ref("NotifierFunction")}),
     "Api5xxAlarm": ("AWS/ApiGateway", "5xx", {"ApiId": ref("OrdersApi"), "Stage": "$default"}),
     # The notifier's own EMF metric: an order was emailed but is still PLACED.
-    "NotifiedOrdersNotMarkedAlarm": ("Orderpipe", "NotifiedOrdersNotMarked", {"service": "notifier"}),
+    "NotifiedOrdersNotMarkedAlarm": (
+        "Orderpipe",
+        "NotifiedOrdersNotMarked",
+        {"service": "notifier", "stage": ref("Stage")},
+    ),
 }
 
 
@@ -286,7 +290,10 @@ def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template)
 
     # Then the alarm reads the metric where Powertools writes it, and the notifier emits it
     assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
-    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    assert alarm["Dimensions"] == [
+        {"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]},
+        {"Name": "stage", "Value": variables["STAGE"]},
+    ]
     assert alarm["MetricName"] in emitted_metrics("notifier")
     assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 0)
 
@@ -319,6 +326,7 @@ def test_api_routes(template: Template) -> None:
 # --- Dashboard ----------------------------------------------------------------------------------
 
 SERVICES = ("ingest", "writer", "notifier")
+STAGE = "dev"  # the Stage parameter's default, which the dashboard's custom metrics name
 # Dimension -> the resource type its value must name (None: a fixed value, checked below).
 DIMENSION_TYPES: dict[str, str | None] = {
     "FunctionName": "AWS::Lambda::Function",
@@ -327,11 +335,12 @@ DIMENSION_TYPES: dict[str, str | None] = {
     "ApiId": "AWS::ApiGatewayV2::Api",
     "Stage": None,
     "service": None,
+    "stage": None,
 }
 # What operators must see: (namespace, metric, dimensions by logical id, statistic).
 EXPECTED_DASHBOARD_METRICS: set[tuple[str, str, tuple[tuple[str, str], ...], str]] = {
     *(
-        ("Orderpipe", metric, (("service", service),), "Sum")
+        ("Orderpipe", metric, (("service", service), ("stage", STAGE)), "Sum")
         for service, metric in [
             ("ingest", "OrdersAccepted"),
             ("writer", "OrdersStored"),
@@ -417,6 +426,8 @@ def test_dashboard_body_is_json_whose_metrics_name_this_stacks_resources(
                 assert value in SERVICES
             if name == "Stage":
                 assert value == "$default"
+            if name == "stage":
+                assert value == STAGE
     # And every graph reads the stack's own region
     for widget in widgets_of_type(dashboard, "metric"):
         assert widget["properties"]["region"] == REGION, widget["properties"]["title"]
