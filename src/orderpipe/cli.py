@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "local",
         help="run the whole pipeline locally (API, queue, table, stream, topic, emails)",
         description="Run the pipeline of template.yaml locally: moto as the AWS endpoint, the real "
-        "handlers in-process, the HTTP API on 127.0.0.1, SNS email delivered to an outbox folder.",
+        "handlers in worker processes, the HTTP API on 127.0.0.1, SNS email delivered to an outbox folder.",
     )
     local.add_argument("--port", type=int, default=3000, help="HTTP API port (default 3000)")
     local.add_argument("--host", default="127.0.0.1", help="HTTP API address (default 127.0.0.1)")

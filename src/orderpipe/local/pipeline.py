@@ -1,7 +1,8 @@
 """`orderpipe local`: the whole pipeline of `template.yaml` on one machine.
 
-moto (in a child process) plays the AWS services, the template's queues, tables and topics are
-created in it, the real handlers run in this process with their template environment, and the
+moto (in child processes) plays the AWS services, the template's queues, tables and topics are
+created in it, the real handlers run with their template environment in worker processes forked
+from this one (in this one with `--workers 0`), and the
 template's HTTP API, event source mappings and email subscriptions are played by `LocalHttpApi`,
 the pollers and the outbox.
 
