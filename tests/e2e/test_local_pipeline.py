@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -252,6 +253,31 @@ def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: Ru
     assert niceness(dynamodb) == base + 10
     by_niceness = sorted(niceness(pid) for pid in workers)
     assert by_niceness == [base] * 4 + [base + 10] * 5  # 4 ingest; 4 writer and 1 notifier workers
+
+
+def test_only_the_pipeline_holds_the_apis_port(pipeline: RunningPipeline) -> None:
+    # Given the API's listening socket, as the kernel lists it
+    port = int(pipeline.api_url.rsplit(":", 1)[1].split("/")[0])
+    inode = listening_socket_inode(port)
+
+    # Then the pipeline holds it and none of its workers or moto processes does: once the
+    # pipeline closes it on SIGTERM, new connections are refused instead of left unanswered
+    holders = [pid for pid in [pipeline.process.pid, *descendants(pipeline.process.pid)] if holds(pid, inode)]
+    assert holders == [pipeline.process.pid]
+
+
+def listening_socket_inode(port: int) -> str:
+    # /proc/net/tcp: local address (hex ip:port) is field 2, state 0A is LISTEN, the inode field 10
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def holds(pid: int, inode: str) -> bool:
+    descriptors = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == f"socket:[{inode}]" for fd in descriptors.iterdir())
 
 
 def descendants(pid: int) -> dict[int, str]:

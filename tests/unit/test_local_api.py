@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import multiprocessing
 import socket
+import time
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -411,3 +414,111 @@ def test_the_port_is_bound_before_the_functions_are_given() -> None:
             api.start({})
     finally:
         api.close(timeout=0)
+
+
+def raw_exchange(port: int, request_bytes: bytes) -> tuple[bytes, bytes]:
+    """Send bytes as they are, and nothing more, and read until the server closes: (head, body)
+    of its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request_bytes)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}",
+            id="two different Content-Lengths",
+        ),
+        pytest.param(b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\n\r\n{}", id="signed length"),
+        pytest.param(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n{}\r\n0\r\n\r\n",
+            id="negative chunk size",
+        ),
+        pytest.param(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{}",
+            id="chunk cut short",
+        ),
+        pytest.param(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nno colon here\r\nContent-Length: 2\r\n\r\n{}",
+            id="header line without a colon",
+        ),
+    ],
+)
+def test_a_request_whose_body_cannot_be_framed_is_400_and_ends_the_connection(
+    server: LocalHttpApi, request_bytes: bytes
+) -> None:
+    # When a request arrives whose body's end is ambiguous
+    head, body = raw_exchange(server.port, request_bytes)
+
+    # Then it is refused in JSON, the connection closed (nothing left over is read as a request),
+    # and the function never ran
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close" in head
+    assert json.loads(body) == {"message": "Bad Request"}
+    assert server.functions["IngestFunction"].invocations == 0
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"post /orders HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    ],
+)
+def test_the_http_layers_own_errors_are_json_too(
+    server: LocalHttpApi, request_bytes: bytes, status: int
+) -> None:
+    head, body = raw_exchange(server.port, request_bytes)
+
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body) == {"message": HTTPStatus(status).phrase}
+
+
+def test_a_client_stalled_mid_body_does_not_hold_up_closing_and_is_not_accepted(server: LocalHttpApi) -> None:
+    # Given a POST whose body is announced but only partly sent
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(b'POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"')
+        time.sleep(0.2)
+
+        # When the API closes
+        started = time.monotonic()
+        closed = server.close(timeout=5)
+
+        # Then it does not wait for that client, which gets 503 and never reaches the function
+        assert closed is True
+        assert time.monotonic() - started < 1
+        connection.sendall(b": 1}" + b" " * 92)
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 503 ") or answer == b""
+    assert server.functions["IngestFunction"].invocations == 0
+    assert server.stats().accepted == 0
+
+
+def test_worker_processes_forked_after_binding_do_not_hold_the_port() -> None:
+    # Given an API bound, then a process forked from this one (as the function workers are)
+    api = LocalHttpApi(API, None, port=0)
+    reader, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
+
+    def report_socket() -> None:
+        writer.send(api._server.socket.fileno())
+
+    child = multiprocessing.get_context("fork").Process(target=report_socket)
+    child.start()
+    inherited_fd = reader.recv()
+    child.join(5)
+
+    # Then the child closed its copy of the listening socket, so closing the API refuses new
+    # connections at once instead of queueing them for the child
+    assert inherited_fd == -1
+    api.close(timeout=0)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", api.port), timeout=1)

@@ -20,6 +20,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -32,6 +33,7 @@ from orderpipe.local.functions import Invocable
 from orderpipe.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError
 
 PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # API Gateway's request payload quota
+IDLE_TIMEOUT_SECONDS = 30.0
 DEFAULT_ROUTE = "$default"
 DEFAULT_STAGE = "$default"
 
@@ -436,6 +438,7 @@ class LocalHttpApi:
         self.api = api
         self.functions = dict(functions or {})
         self._server = _Server((host, port), _RequestHandler, self)
+        _close_in_forked_children(self._server.socket)
         self._thread: threading.Thread | None = None
         self._stats = ApiStats()
         self._lock = threading.Condition()
@@ -560,6 +563,18 @@ class LocalHttpApi:
         )
 
 
+def _close_in_forked_children(listening: socket.socket) -> None:
+    """Worker processes forked after the port is bound must not hold the listening socket: once
+    the API closed it, the kernel would go on queueing connections that nobody answers."""
+    held = weakref.ref(listening)
+
+    def close() -> None:
+        if (inherited := held()) is not None:
+            inherited.close()
+
+    os.register_at_fork(after_in_child=close)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # a load generator opens many connections at once
@@ -574,6 +589,9 @@ class _Server(ThreadingHTTPServer):
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
     server: _Server
+    # A client silent this long (idle on keep-alive, or stalled mid-request) loses its
+    # connection, so that it holds no thread for ever.
+    timeout = IDLE_TIMEOUT_SECONDS
 
     def setup(self) -> None:
         super().setup()
@@ -589,14 +607,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The errors of the HTTP layer itself (a request line or headers too long, a method
+        it does not know) in API Gateway's JSON, as every other error."""
+        self.close_connection = True
+        try:
+            status = HTTPStatus(code)
+        except ValueError:
+            status = HTTPStatus.BAD_REQUEST
+        self._send(api_error(status))
+
     def _handle(self) -> None:
+        """Read the request, then hand it to the API - unless it stopped accepting meanwhile: a
+        request counts as in flight (and is waited for on stopping) only once it is all read."""
         api = self.server.api
-        if not api._begin(self.connection):
-            self.close_connection = True
-            self._send(api_error(HTTPStatus.SERVICE_UNAVAILABLE))
+        body = self._read_request_body()
+        if isinstance(body, HttpResponse) or not api._begin(self.connection):
+            self.close_connection = True  # the rest of a refused request is not read
+            if api.closing:
+                self._send(api_error(HTTPStatus.SERVICE_UNAVAILABLE))
+            else:
+                assert isinstance(body, HttpResponse)
+                api._count(body.status)
+                self._send(body)
             return
         try:
-            response = self._respond(api)
+            response = self._respond(api, body)
             if api.closing:
                 self.close_connection = True
             api._count(response.status)
@@ -604,14 +640,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
         finally:
             api._end(self.connection)
 
-    def _respond(self, api: LocalHttpApi) -> HttpResponse:
+    def _read_request_body(self) -> bytes | HttpResponse:
+        if self.headers.defects:  # a header line without a colon, say: where the body starts is unknown
+            return api_error(HTTPStatus.BAD_REQUEST)
         body = self._read_body()
         if body is None:
-            self.close_connection = True  # the rest of an oversized body is not read
             return api_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        if isinstance(body, HttpResponse):
-            self.close_connection = True
-            return body
+        return body
+
+    def _respond(self, api: LocalHttpApi, body: bytes) -> HttpResponse:
         request = HttpRequest(
             method=self.command,
             target=self.path,
@@ -627,15 +664,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         """The body; None if it is over the payload limit; an error response if it is malformed."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._read_chunked()
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
+        lengths = set(self.headers.get_all("Content-Length") or [])
+        if not lengths:
             return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            return api_error(HTTPStatus.BAD_REQUEST)
-        if length < 0:
-            return api_error(HTTPStatus.BAD_REQUEST)
+        if len(lengths) > 1 or not (length_header := lengths.pop().strip()).isdigit():
+            return api_error(HTTPStatus.BAD_REQUEST)  # which length frames the body is unknown
+        length = int(length_header)
         if length > PAYLOAD_LIMIT_BYTES:
             return None
         body = self.rfile.read(length)
@@ -648,10 +682,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         size = 0
         while True:
             line = self.rfile.readline(1024)
-            try:
-                chunk_size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
+            size_field = line.split(b";", 1)[0].strip()
+            if not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size_field):
                 return api_error(HTTPStatus.BAD_REQUEST)
+            chunk_size = int(size_field, 16)
             if chunk_size == 0:
                 while self.rfile.readline(1024).strip():  # trailers
                     pass
@@ -659,7 +693,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             size += chunk_size
             if size > PAYLOAD_LIMIT_BYTES:
                 return None
-            chunks.append(self.rfile.read(chunk_size))
+            chunk = self.rfile.read(chunk_size)
+            if len(chunk) < chunk_size:
+                return api_error(HTTPStatus.BAD_REQUEST)
+            chunks.append(chunk)
             self.rfile.readline(1024)
 
     def _send(self, response: HttpResponse) -> None:
