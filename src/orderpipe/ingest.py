@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Annotated, Any
@@ -52,13 +53,31 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
     from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
 RETRY_AFTER_SECONDS = 5
 JSON_MEDIA_TYPE = "application/json"
 _NOT_AN_OBJECT = "the body must be a JSON object: an order"
 
-app = APIGatewayHttpResolver(enable_validation=True)
+
+
+class OrdersResolver(APIGatewayHttpResolver):
+    """Powertools' HTTP API resolver, reading the JSON media type in any case."""
+
+    def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+        # Media types are case-insensitive (RFC 9110), but Powertools' validation compares
+        # "application/json" as written and would refuse "Application/JSON".
+        headers = event.get("headers") or {}
+        content_type = headers.get("content-type")
+        if content_type and _is_json_media_type(content_type):
+            media_type, separator, parameters = content_type.partition(";")
+            headers = headers | {"content-type": media_type.strip().lower() + separator + parameters}
+            event = {**event, "headers": headers}
+        return super().resolve(event, context)
+
+
+app = OrdersResolver(enable_validation=True)
 
 
 # --- What can go wrong -----------------------------------------------------------------------

@@ -64,7 +64,14 @@ def test_valid_order_is_queued_and_answered_202_with_its_location(
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "application/json; charset=utf-8", "application/json;charset=UTF-8"]
+    "content_type",
+    [
+        None,
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "Application/JSON",
+        "APPLICATION/JSON; charset=UTF-8",
+    ],
 )
 def test_json_content_types_and_a_missing_one_are_accepted(
     content_type: str | None, queue: RecordingQueue, lambda_context: LocalLambdaContext
