@@ -61,7 +61,6 @@ JSON_MEDIA_TYPE = "application/json"
 _NOT_AN_OBJECT = "the body must be a JSON object: an order"
 
 
-
 class OrdersResolver(APIGatewayHttpResolver):
     """Powertools' HTTP API resolver, reading the JSON media type in any case."""
 

@@ -7,6 +7,7 @@ Money is `Decimal` everywhere; it is written as a string with two places in JSON
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,12 +35,23 @@ CENT = Decimal("0.01")
 
 # U+FFFE and U+FFFF too: SQS refuses a message that holds them.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
+_DECIMAL_STRING = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
 
 
 def _single_line(value: str) -> str:
     if _CONTROL_CHARACTERS.search(value):
         raise ValueError("must not contain control characters or line breaks")
+    # Whitespace is stripped, but not zero-width and other invisible characters.
+    if all(unicodedata.category(character)[0] in "CZ" for character in value):
+        raise ValueError("must contain a visible character")
+    return value
+
+
+def _address_only(value: object) -> object:
+    """EmailStr would take `Name <ada@example.com>` and keep the address, dropping the name."""
+    if isinstance(value, str) and "<" in value:
+        raise ValueError("must be an email address alone, such as ada@example.com")
     return value
 
 
@@ -63,7 +75,15 @@ def _money_from_json(value: object) -> object:
     if isinstance(value, float):
         # A JSON number: take its shortest decimal spelling, never its binary value.
         return Decimal(repr(value))
+    # Python's Decimal would also read "1_000" and digits of other scripts ("١٢").
+    if isinstance(value, str) and not _DECIMAL_STRING.fullmatch(value.strip()):
+        raise ValueError('must be a decimal amount in digits 0-9, such as "12.50"')
     return value
+
+
+def _no_negative_zero(amount: Decimal) -> Decimal:
+    """-0 passes `ge=0`, but is no price to show anyone."""
+    return amount.copy_abs() if amount.is_zero() else amount
 
 
 def format_money(amount: Decimal) -> str:
@@ -83,12 +103,14 @@ Money = Annotated[
     Decimal,
     Field(ge=0, allow_inf_nan=False, decimal_places=2),
     BeforeValidator(_money_from_json),
+    AfterValidator(_no_negative_zero),
     PlainSerializer(format_money, return_type=str, when_used="json"),
 ]
 UnitPrice = Annotated[
     Decimal,
     Field(ge=0, le=MAX_UNIT_PRICE, allow_inf_nan=False, decimal_places=2),
     BeforeValidator(_money_from_json),
+    AfterValidator(_no_negative_zero),
     PlainSerializer(format_money, return_type=str, when_used="json"),
 ]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
@@ -111,7 +133,7 @@ class WireModel(BaseModel):
 
 class Customer(WireModel):
     name: Text
-    email: Annotated[EmailStr, Field(max_length=254)]
+    email: Annotated[EmailStr, Field(max_length=254), BeforeValidator(_address_only)]
 
 
 class LineItem(WireModel):

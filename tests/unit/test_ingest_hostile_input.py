@@ -82,9 +82,15 @@ HOSTILE_BODIES: dict[str, tuple[str | bytes | None, int]] = {
     "price with 3 places": (VALID_BODY.replace('"12.50"', '"12.505"'), 422),
     "price 'NaN' as string": (VALID_BODY.replace('"12.50"', '"NaN"'), 422),
     "price in exponent form": (VALID_BODY.replace('"12.50"', '"1E+7"'), 422),
+    "price with an underscore": (VALID_BODY.replace('"12.50"', '"1_2.50"'), 422),
+    "price in Arabic-Indic digits": (VALID_BODY.replace('"12.50"', '"\u0661\u0662"'), 422),
+    "price in fullwidth digits": (VALID_BODY.replace('"12.50"', '"\uff11\uff12"'), 422),
     "101 items": (json.dumps(VALID_ORDER | {"items": VALID_ORDER["items"][:1] * 101}), 422),
     "script in sku": (VALID_BODY.replace("MOP-001", "<script>alert(1)</script>"), 422),
     "header injection in name": (with_name('"Ada\\r\\nBcc: all@example.com"'), 422),
+    "name of a zero-width space only": (with_name('"\\u200b"'), 422),
+    "name of invisible characters only": (with_name('"\\u200b\\u2060\\u00a0\\u200e"'), 422),
+    "email with a display name": (VALID_BODY.replace('"ada@example.com"', '"Evil <ada@example.com>"'), 422),
 }
 
 
@@ -219,3 +225,21 @@ def test_valid_order_with_hostile_but_harmless_text_is_accepted(
     assert response["statusCode"] == 202
     assert queue.orders[0].customer.name == order["customer"]["name"]
     assert queue.orders[0].note == order["note"]
+
+
+@pytest.mark.parametrize("price", ['"-0"', '"-0.00"', "-0.0", '"-0E+3"'])
+def test_a_negative_zero_price_is_a_zero_price(
+    price: str, queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    # Given an order whose unit price is zero spelled with a minus sign
+    body = VALID_BODY.replace('"12.50"', price)
+
+    # When it is posted
+    response = resolve(post_order(body), lambda_context)
+
+    # Then it is accepted as a free item: no "-0.00" reaches the queue, the table or an email
+    assert response["statusCode"] == 202
+    message = json.loads(queue.orders[0].to_message())
+    assert message["items"][0]["unitPrice"] == "0.00"
+    assert message["items"][0]["lineTotal"] == "0.00"
+    assert not queue.orders[0].items[0].unit_price.is_signed()
