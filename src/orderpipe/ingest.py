@@ -59,6 +59,7 @@ IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
 RETRY_AFTER_SECONDS = 5
 JSON_MEDIA_TYPE = "application/json"
 _NOT_AN_OBJECT = "the body must be a JSON object: an order"
+INVALID_ORDER_MESSAGE = "the order is not valid; see errors for each field"
 
 
 class OrdersResolver(APIGatewayHttpResolver):
@@ -306,6 +307,9 @@ def place_order(
     ] = None,
 ) -> Response[OrderAccepted]:
     check_order_body(app.current_event)
+    if blank := order.blank_text_fields():
+        errors = [ErrorDetail(field=field, message="must contain a visible character") for field in blank]
+        raise InvalidOrder(INVALID_ORDER_MESSAGE, errors=errors)
     if idempotency_key is None:
         accepted = accept_order(order)
     else:
@@ -425,7 +429,7 @@ def _explain_validation(error: RequestValidationError) -> OrderRejected:
     details = [
         ErrorDetail(field=_field_path(problem["loc"]), message=_message(problem)) for problem in problems
     ]
-    return InvalidOrder("the order is not valid; see errors for each field", errors=details)
+    return InvalidOrder(INVALID_ORDER_MESSAGE, errors=details)
 
 
 def _field_path(location: tuple[str | int, ...]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from orderpipe.lambda_context import LocalLambdaContext
+from orderpipe.models import Order, OrderRequest
 from tests.unit.ingest_requests import (
     VALID_ORDER,
     RecordingQueue,
@@ -243,3 +244,44 @@ def test_a_negative_zero_price_is_a_zero_price(
     assert message["items"][0]["unitPrice"] == "0.00"
     assert message["items"][0]["lineTotal"] == "0.00"
     assert not queue.orders[0].items[0].unit_price.is_signed()
+
+
+def test_names_and_address_lines_that_show_nothing_are_refused_by_field(
+    queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    # Given an order whose name, one item's name and an address line are only invisible characters
+    order: dict[str, Any] = json.loads(VALID_BODY)
+    order["customer"]["name"] = "\u200b\u2060"
+    order["items"][0]["name"] = "\u3164"  # Hangul filler, filed as a letter
+    order["shippingAddress"] = {"line1": "\u200e", "city": "Springfield", "postalCode": "1", "country": "US"}
+
+    # When it is posted
+    response = resolve(post_order_json(order), lambda_context)
+
+    # Then each is named, and nothing is queued
+    body = assert_rejected(response, queue)
+    assert response["statusCode"] == 422
+    assert body["errors"] == [
+        {"field": field, "message": "must contain a visible character"}
+        for field in ("customer.name", "items.0.name", "shippingAddress.line1")
+    ]
+
+
+def test_a_stored_order_with_a_blank_name_is_still_read() -> None:
+    # Given an order as one accepted before names needed a visible character would be stored
+    stored = json.loads(Order.accept(OrderRequest.model_validate_json(VALID_BODY)).to_message())
+    stored["customer"]["name"] = "\u200b"
+
+    # Then it still parses (the writer, the notifier and GET read it), and only ingest refuses it
+    order = Order.model_validate(stored)
+    assert order.blank_text_fields() == ["customer.name"]
+
+
+@pytest.mark.parametrize("name", ["\U0001e5d1", "Zoë", "\u0915\u094d\u0937", "\U0001f9f9"])
+def test_names_in_any_script_or_not_yet_assigned_characters_are_accepted(
+    name: str, queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    response = resolve(post_order(with_name(json.dumps(name))), lambda_context)
+
+    assert response["statusCode"] == 202
+    assert queue.orders[0].customer.name == name
