@@ -318,8 +318,8 @@ class LocalPipeline:
             if self.api is not None:
                 self.console.line("stopping: the API no longer accepts orders; draining what it accepted")
                 drained = self.api.close(timeout=self.config.drain_timeout)
-            if self.monitor is not None:  # what was accepted goes through, even past a hung request
-                drained = self._endpoint_alive() and self._drain(deadline, abort) and drained
+            if self.monitor is not None and drained:
+                drained = self._endpoint_alive() and self._drain(deadline, abort)
             if not drained:
                 self.console.line("stopping before everything was drained: see the status above")
         finally:
