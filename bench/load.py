@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 LATE_AFTER_SECONDS = 0.010
 REQUEST_TIMEOUT_SECONDS = 10.0
+# orderpipe local closes a connection idle for 30 s (its Keep-Alive header says so).
+IDLE_RECONNECT_SECONDS = 25.0
 START_TIMEOUT_SECONDS = 60.0
 # Sends still not started this long after the schedule's end are given up (and counted).
 SEND_GRACE_SECONDS = 30.0
@@ -185,6 +187,7 @@ def run_load(plan: LoadPlan, results: multiprocessing.connection.Connection) -> 
     def sender() -> None:
         nonlocal next_index, not_sent
         connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_SECONDS)
+        last_used = time.perf_counter()
         mine: list[Sent] = []
         try:
             while True:
@@ -201,7 +204,10 @@ def run_load(plan: LoadPlan, results: multiprocessing.connection.Connection) -> 
                     continue
                 if due > now:
                     time.sleep(due - now)
+                if time.perf_counter() - last_used > IDLE_RECONNECT_SECONDS:
+                    connection.close()  # the server may be closing it: reconnect rather than race it
                 mine.append(_post(connection, path, bodies[index], headers, index, due - start, start))
+                last_used = time.perf_counter()
                 if mine[-1].status == 0:  # the connection is broken: open a new one
                     connection.close()
                     connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_SECONDS)

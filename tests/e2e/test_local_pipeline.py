@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -276,8 +277,13 @@ def listening_socket_inode(port: int) -> str:
 
 
 def holds(pid: int, inode: str) -> bool:
-    descriptors = Path(f"/proc/{pid}/fd")
-    return any(os.readlink(fd) == f"socket:[{inode}]" for fd in descriptors.iterdir())
+    """Whether the process has the socket open; its descriptors may come and go while read."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if os.readlink(descriptor) == f"socket:[{inode}]":
+                    return True
+    return False
 
 
 def descendants(pid: int) -> dict[int, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.errors
 import hashlib
 import json
 import logging
@@ -33,7 +34,14 @@ from orderpipe.local.functions import Invocable
 from orderpipe.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError
 
 PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # API Gateway's request payload quota
-IDLE_TIMEOUT_SECONDS = 30.0
+IDLE_TIMEOUT_SECONDS = 30
+_DIGITS = re.compile(r"[0-9]+")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# What the header parser reports when the header block does not end where it should.
+_FRAMING_DEFECTS = (
+    email.errors.MissingHeaderBodySeparatorDefect,
+    email.errors.FirstHeaderLineIsContinuationDefect,
+)
 DEFAULT_ROUTE = "$default"
 DEFAULT_STAGE = "$default"
 
@@ -362,7 +370,7 @@ def from_proxy_response(result: Any) -> HttpResponse:
         return HttpResponse(200, (("Content-Type", "application/json"),), body)
 
     status = result["statusCode"]
-    if isinstance(status, bool) or not isinstance(status, int | str) or not str(status).isdigit():
+    if isinstance(status, bool) or not isinstance(status, int | str) or not _DIGITS.fullmatch(str(status)):
         raise InvalidProxyResponse(f"statusCode {status!r} is not an integer")
     status = int(status)
     if not 100 <= status <= 599:
@@ -615,6 +623,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             status = HTTPStatus(code)
         except ValueError:
             status = HTTPStatus.BAD_REQUEST
+        self.log_error("%d %s", int(status), message or status.phrase)
+        self.server.api._count(int(status))
         self._send(api_error(status))
 
     def _handle(self) -> None:
@@ -623,7 +633,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         api = self.server.api
         body = self._read_request_body()
         if isinstance(body, HttpResponse) or not api._begin(self.connection):
-            self.close_connection = True  # the rest of a refused request is not read
+            self.close_connection = True
             if api.closing:
                 self._send(api_error(HTTPStatus.SERVICE_UNAVAILABLE))
             else:
@@ -641,7 +651,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             api._end(self.connection)
 
     def _read_request_body(self) -> bytes | HttpResponse:
-        if self.headers.defects:  # a header line without a colon, say: where the body starts is unknown
+        if any(isinstance(defect, _FRAMING_DEFECTS) for defect in self.headers.defects):
+            # A header line without a colon, say: where the body starts is unknown.
             return api_error(HTTPStatus.BAD_REQUEST)
         body = self._read_body()
         if body is None:
@@ -662,13 +673,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | HttpResponse | None:
         """The body; None if it is over the payload limit; an error response if it is malformed."""
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+        # Where the body ends must be beyond doubt (RFC 9112, 6.3): one length, or chunked alone.
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        codings = ",".join(self.headers.get_all("Transfer-Encoding") or [])
+        if codings:
+            if lengths or codings.rsplit(",", 1)[-1].strip().lower() != "chunked":
+                return api_error(HTTPStatus.BAD_REQUEST)
             return self._read_chunked()
-        lengths = set(self.headers.get_all("Content-Length") or [])
         if not lengths:
             return b""
-        if len(lengths) > 1 or not (length_header := lengths.pop().strip()).isdigit():
-            return api_error(HTTPStatus.BAD_REQUEST)  # which length frames the body is unknown
+        if len(lengths) > 1 or not _DIGITS.fullmatch(length_header := lengths.pop()):
+            return api_error(HTTPStatus.BAD_REQUEST)
         length = int(length_header)
         if length > PAYLOAD_LIMIT_BYTES:
             return None
@@ -683,7 +698,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         while True:
             line = self.rfile.readline(1024)
             size_field = line.split(b";", 1)[0].strip()
-            if not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size_field):
+            if not _CHUNK_SIZE.fullmatch(size_field):
                 return api_error(HTTPStatus.BAD_REQUEST)
             chunk_size = int(size_field, 16)
             if chunk_size == 0:
@@ -707,7 +722,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
         lines.append(f"Date: {formatdate(usegmt=True)}")
         lines.append(f"Content-Length: {len(response.body)}")
-        lines.append("Connection: close" if self.close_connection else "Connection: keep-alive")
+        if self.close_connection:
+            lines.append("Connection: close")
+        else:
+            lines.extend(("Connection: keep-alive", f"Keep-Alive: timeout={IDLE_TIMEOUT_SECONDS}"))
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         payload = head if self.command == "HEAD" else head + response.body
         try:
