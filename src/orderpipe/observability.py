@@ -7,6 +7,7 @@ prod) keep their metrics and alarms apart.
 """
 
 import os
+import warnings
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
@@ -16,5 +17,7 @@ tracer = Tracer()
 metrics = Metrics()
 if stage := os.environ.get("STAGE"):
     metrics.set_default_dimensions(stage=stage)
+# A GET or a refused request adds no metric; that is expected, not worth a warning in the log.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 __all__ = ["MetricUnit", "logger", "metrics", "tracer"]
