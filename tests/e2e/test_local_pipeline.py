@@ -239,6 +239,27 @@ def test_orderpipe_invoke_runs_a_function_against_the_running_pipeline(
     assert emails_naming(pipeline, order_id)
 
 
+def test_each_function_logs_and_counts_under_its_own_service_name(pipeline: RunningPipeline) -> None:
+    # Given an order that went all the way through
+    status, _, body = pipeline.request("POST", "/orders", ORDER)
+    assert status == 202, body
+    wait_until(lambda: pipeline.order_status(body["orderId"]) == "NOTIFIED", MAIL_TIMEOUT_SECONDS)
+
+    # Then each function's log lines and EMF metrics carry the service name the template gives
+    # it, as in Lambda, though all three run on this machine
+    log = pipeline.output.parent / "functions.log"
+    services: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if "function_name" in record:
+            services.setdefault(record["function_name"], set()).add(record["service"])
+    assert services == {
+        "IngestFunction": {"ingest"},
+        "WriterFunction": {"writer"},
+        "NotifierFunction": {"notifier"},
+    }
+
+
 def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: RunningPipeline) -> None:
     # Given the running pipeline's processes: itself, its function workers, moto and moto's DynamoDB
     processes = descendants(pipeline.process.pid)

@@ -31,8 +31,8 @@ DUMMY_CREDENTIALS = {
     "AWS_SESSION_TOKEN": "testing",
 }
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
-# In one process the functions share one environment; the service name tells them apart in
-# Lambda only, so locally it names the pipeline.
+# With `--workers 0` the functions run in one process and share one environment, where the
+# service name names the pipeline.
 SHARED_SERVICE_NAME = "orderpipe"
 _PER_FUNCTION = frozenset({"POWERTOOLS_SERVICE_NAME"})
 
@@ -116,7 +116,7 @@ def shared_environment(
             elif name in merged and merged[name] != value:
                 raise EnvFileError(
                     f"{name} is {merged[name]!r} for {owners[name]} but {value!r} for {function_id}; "
-                    "functions run in one process locally and share one environment"
+                    "with --workers 0 the functions run in one process and share one environment"
                 )
             else:
                 merged[name] = value

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -26,18 +27,31 @@ from orderpipe.stack.provision import Stack
 
 @dataclass
 class LocalFunction:
-    """One function of the template: its handler, timeout and memory, invoked like Lambda does."""
+    """One function of the template: its handler, timeout and memory, invoked like Lambda does.
+
+    The handler is loaded from `code_dir` when first invoked (or by `load()`): a process that
+    only forks workers for it never imports it, so each worker imports it in its own
+    environment (`environment`: the function's variables).
+    """
 
     function_id: str
-    handler: Handler
+    handler: Handler | None
     timeout_seconds: float
     memory_mb: int
     invocations: int = 0
     errors: int = 0
     code_dir: Path | None = None
     handler_name: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
     _environment: threading.Lock = field(default_factory=threading.Lock, repr=False)
     concurrency = 1  # one execution environment
+
+    def load(self) -> Handler:
+        if self.handler is None:
+            if self.code_dir is None:
+                raise FunctionError(f"{self.function_id}: no code to load")
+            self.handler = load_handler(self.code_dir, self.handler_name, f"{self.function_id}_app")
+        return self.handler
 
     def invoke(self, event: dict[str, Any]) -> Any:
         """Call the handler. An exception it raises is a function error and propagates.
@@ -52,10 +66,11 @@ class LocalFunction:
             memory_limit_in_mb=self.memory_mb,
         )
         with self._environment:
+            handler = self.load()
             self.invocations += 1
             try:
                 # Its own copy, as Lambda's payload is: the caller may invoke with it again.
-                return self.handler(copy.deepcopy(event), context)
+                return handler(copy.deepcopy(event), context)
             except Exception:
                 self.errors += 1
                 raise
@@ -64,19 +79,22 @@ class LocalFunction:
                 raise FunctionError(f"{self.function_id} exited: {exit_!r}") from exit_
 
 
-def load_functions(stack: Stack, root: Path) -> dict[str, LocalFunction]:
-    """Every AWS::Lambda::Function of the template, loaded from its CodeUri."""
+def load_functions(
+    stack: Stack, root: Path, environments: Mapping[str, dict[str, str]] | None = None
+) -> dict[str, LocalFunction]:
+    """Every AWS::Lambda::Function of the template, its code in its CodeUri (loaded when first
+    invoked); `environments`: each function's variables, by function id."""
     functions = {}
     for function_id, resource in stack.functions().items():
         properties = resource["Properties"]
-        code_dir = root / stack.template.source_code_uris[function_id]
         functions[function_id] = LocalFunction(
             function_id=function_id,
-            handler=load_handler(code_dir, properties["Handler"], f"{function_id}_app"),
+            handler=None,
             timeout_seconds=float(stack.resolve(properties.get("Timeout", 3))),
             memory_mb=int(stack.resolve(properties.get("MemorySize", 128))),
-            code_dir=code_dir,
+            code_dir=root / stack.template.source_code_uris[function_id],
             handler_name=properties["Handler"],
+            environment=dict((environments or {}).get(function_id, {})),
         )
     return functions
 
@@ -104,16 +122,19 @@ _worker_handler: Handler | None = None
 _pipeline_ends: list[Connection] = []
 
 
-def _init_worker(code_dir: Path, handler_name: str, module_alias: str) -> None:
-    """A new execution environment: the parent coordinates shutdown, so the worker ignores
-    Ctrl-C and SIGTERM; boto3 clients must not cross a fork, so they are built anew."""
+def _init_worker(function: LocalFunction) -> None:
+    """A new execution environment, with the function's own variables: the parent coordinates
+    shutdown, so the worker ignores Ctrl-C and SIGTERM; boto3 clients must not cross a fork,
+    so they are built anew."""
     global _worker_handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for inherited in _pipeline_ends:
         inherited.close()
+    os.environ.update(function.environment)
     resources.reset()
-    _worker_handler = load_handler(code_dir, handler_name, module_alias)
+    assert function.code_dir is not None
+    _worker_handler = load_handler(function.code_dir, function.handler_name, f"{function.function_id}_app")
     freeze_survivors()
 
 
@@ -138,10 +159,9 @@ def _invoke_in_worker(
 def _serve_invocations(connection: Connection, function: LocalFunction, nice: int) -> None:
     """A worker process: load the handler, say so, then invoke it with each event received
     until told to stop (None) or the pipeline goes away."""
-    assert function.code_dir is not None
     try:
         os.nice(nice)
-        _init_worker(function.code_dir, function.handler_name, f"{function.function_id}_app")
+        _init_worker(function)
     except BaseException:
         connection.send((False, traceback.format_exc()))
         raise

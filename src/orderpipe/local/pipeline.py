@@ -31,6 +31,7 @@ from orderpipe.local.environment import (
     EnvVarsFile,
     apply_environment,
     aws_environment,
+    function_environment,
     shared_environment,
 )
 from orderpipe.local.functions import (
@@ -120,13 +121,15 @@ class LocalPipeline:
         apply_environment(aws_environment(self.endpoint.url, template.region, self.endpoint.service_urls))
 
         self.stack = stack = provision_stack(template, endpoint_url=self.endpoint.url)
-        apply_environment(shared_environment(stack, stack.functions(), env_file))
+        environments = {fid: function_environment(stack, fid, env_file) for fid in stack.functions()}
+        if config.workers < 1:  # every function in this process: one environment for all
+            apply_environment(shared_environment(stack, stack.functions(), env_file))
         resources.reset()
 
         # What the functions print (Powertools logs, EMF metrics) is what CloudWatch Logs would
         # hold: it goes to a file, the console is for the pipeline's own lines.
         self._redirect_function_output()
-        self.functions = load_functions(stack, config.root)
+        self.functions = load_functions(stack, config.root, environments)
         # Before any thread starts (pollers, outbox, API): the worker processes are forked here.
         functions = self._function_pools(stack, http_api)
         freeze_survivors()
@@ -156,6 +159,8 @@ class LocalPipeline:
         background niceness."""
         functions: dict[str, Invocable] = dict(self.functions)
         if self.config.workers < 1:
+            for function in self.functions.values():  # a handler that does not load fails the start
+                function.load()
             return functions
         mappings = [(function_id, service) for function_id, _, service in self._mappings(stack)]
         workers = {function_id: 1 for function_id, service in mappings if service == "dynamodb"}
