@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import multiprocessing
 import os
 import signal
@@ -115,9 +114,6 @@ class FunctionError(Exception):
     """The handler raised in a worker process; the message carries its traceback."""
 
 
-WORKER_LOAD_TIMEOUT_SECONDS = 60.0
-log = logging.getLogger(__name__)
-
 # The handler of a worker process (one per process, loaded when it starts).
 _worker_handler: Handler | None = None
 # This process's ends of its workers' pipes, its own worker's among them: a worker closes those
@@ -198,14 +194,8 @@ class ProcessPoolFunction:
     handler's module state. An invocation takes a free worker and talks to it over its own
     pipe: no thread of this process stands between the caller and the worker.
 
-    As in Lambda, an invocation that runs over the function's timeout fails ("Task timed out")
-    and its environment is ended; an environment that ends (timed out, or its process died) is
-    replaced by a new one, loaded in the background.
-
     Create it before any thread of this process starts (forking a process with running threads
-    is unsafe): the workers are forked at once, here, and loaded before it returns. A
-    replacement is forked later, with threads running; one that does not load in time is
-    killed, and the function goes on with one environment fewer.
+    is unsafe): the workers are forked at once, here, and loaded before it returns.
     """
 
     def __init__(self, function: LocalFunction, workers: int, *, nice: int = 0) -> None:
@@ -217,50 +207,38 @@ class ProcessPoolFunction:
         self.workers = self.concurrency = workers
         self.invocations = 0
         self.errors = 0
-        self.timeout_seconds = function.timeout_seconds
-        self._function = function
-        self._nice = nice
         self._free: list[_Worker] = []
         self._free_changed = threading.Condition()
-        self._replacing = 0  # environments being started in place of ended ones
         self._stopping = False
-        self._workers = [self._fork() for _ in range(workers)]
+        sys.stdout.flush()  # what is buffered would be written again by every worker
+        sys.stderr.flush()
+        context = multiprocessing.get_context("fork")
+        self._workers: list[_Worker] = []
+        for _ in range(workers):
+            pipeline_end, worker_end = context.Pipe()
+            _pipeline_ends.append(pipeline_end)  # before the fork: the worker closes its copy
+            process = context.Process(
+                target=_serve_invocations,
+                args=(worker_end, function, nice),
+                name=f"{function.function_id} worker",
+                daemon=True,
+            )
+            process.start()
+            worker_end.close()
+            self._workers.append(_Worker(process, pipeline_end))
         for worker in self._workers:  # a worker that fails to load fails the pipeline's start
-            loaded, detail = self._loaded(worker, WORKER_LOAD_TIMEOUT_SECONDS)
+            try:
+                loaded, detail = worker.connection.recv()
+            except EOFError:
+                loaded, detail = False, "the worker exited while loading"
             if not loaded:
                 self.kill()
                 raise FunctionError(f"{self.function_id}: a worker could not load the handler:\n{detail}")
             self._free.append(worker)
 
-    def _fork(self) -> _Worker:
-        sys.stdout.flush()  # what is buffered would be written again by the worker
-        sys.stderr.flush()
-        context = multiprocessing.get_context("fork")
-        pipeline_end, worker_end = context.Pipe()
-        _pipeline_ends.append(pipeline_end)  # before the fork: the worker closes its copy
-        process = context.Process(
-            target=_serve_invocations,
-            args=(worker_end, self._function, self._nice),
-            name=f"{self.function_id} worker",
-            daemon=True,
-        )
-        process.start()
-        worker_end.close()
-        return _Worker(process, pipeline_end)
-
-    @staticmethod
-    def _loaded(worker: _Worker, timeout: float) -> tuple[bool, str]:
-        try:
-            if not worker.connection.poll(timeout):
-                return False, f"the worker did not load within {timeout:.0f} s"
-            loaded, detail = worker.connection.recv()
-            return bool(loaded), str(detail)
-        except (EOFError, OSError):
-            return False, "the worker exited while loading"
-
     def invoke(self, event: dict[str, Any]) -> Any:
-        """Call the handler in a free worker (waiting for one). An exception it raises, its
-        timeout, or the worker's death is a FunctionError."""
+        """Call the handler in a free worker (waiting for one). An exception it raises, or the
+        worker's death, is a FunctionError."""
         worker = self._take()
         try:
             ok, result = self._call(worker, event)
@@ -272,7 +250,7 @@ class ProcessPoolFunction:
         if not ok:
             with self._free_changed:
                 self.errors += 1
-            raise FunctionError(result)
+            raise FunctionError(f"{self.function_id} raised:\n{result}")
         return result
 
     def _take(self) -> _Worker:
@@ -280,7 +258,7 @@ class ProcessPoolFunction:
             while not self._free:
                 if self._stopping:
                     raise FunctionError(f"{self.function_id}: stopped")
-                if not self._replacing and not any(worker.alive for worker in self._workers):
+                if not any(worker.alive for worker in self._workers):
                     raise FunctionError(f"{self.function_id}: every worker process died")
                 self._free_changed.wait()
             if self._stopping:
@@ -291,49 +269,11 @@ class ProcessPoolFunction:
     def _call(self, worker: _Worker, event: dict[str, Any]) -> tuple[bool, Any]:
         try:
             worker.connection.send(event)
-            if not worker.connection.poll(self.timeout_seconds):
-                self._end(worker)
-                return False, f"{self.function_id}: Task timed out after {self.timeout_seconds:.2f} seconds"
             answer: tuple[bool, Any] = worker.connection.recv()
-            ok, result = answer
-            return ok, result if ok else f"{self.function_id} raised:\n{result}"
+            return answer
         except (EOFError, OSError, TypeError) as error:  # the worker died or was killed: a function error
-            self._end(worker)
-            return False, f"{self.function_id}: its worker (pid {worker.process.pid}) died: {error!r}"
-
-    def _end(self, worker: _Worker) -> None:
-        """End a worker whose invocation failed with it, and start another in its place."""
-        worker.alive = False
-        worker.process.kill()
-        worker.process.join(5)
-        with contextlib.suppress(ValueError):
-            _pipeline_ends.remove(worker.connection)
-        worker.connection.close()
-        with self._free_changed:
-            if self._stopping:
-                return
-            self._replacing += 1
-        threading.Thread(target=self._replace, name=f"{self.function_id} replacement", daemon=True).start()
-
-    def _replace(self) -> None:
-        worker = None
-        try:
-            worker = self._fork()
-            loaded, detail = self._loaded(worker, WORKER_LOAD_TIMEOUT_SECONDS)
-        except Exception as error:  # a replacement that fails leaves the pool smaller
-            loaded, detail = False, repr(error)
-        with self._free_changed:
-            self._replacing -= 1
-            if worker is not None:
-                self._workers.append(worker)
-            if loaded and worker is not None and not self._stopping:
-                self._free.append(worker)
-            elif worker is not None:
-                worker.alive = False
-                worker.process.kill()
-            if not loaded:
-                log.error("%s: a new execution environment could not start: %s", self.function_id, detail)
-            self._free_changed.notify_all()
+            worker.alive = False
+            return False, f"its worker (pid {worker.process.pid}) died: {error!r}"
 
     def stop(self) -> None:
         """Let the invocations in flight finish, then end the workers."""
@@ -341,12 +281,9 @@ class ProcessPoolFunction:
             self._stopping = True
             self._free_changed.notify_all()  # those waiting for a worker are refused
             self._free_changed.wait_for(
-                lambda: (
-                    not self._replacing and len(self._free) == sum(worker.alive for worker in self._workers)
-                )
+                lambda: len(self._free) == sum(worker.alive for worker in self._workers)
             )
-            workers = list(self._workers)
-        for worker in workers:
+        for worker in self._workers:
             with contextlib.suppress(OSError):
                 worker.connection.send(None)
             worker.process.join()
@@ -357,10 +294,9 @@ class ProcessPoolFunction:
         with self._free_changed:
             self._stopping = True
             self._free_changed.notify_all()
-            workers = list(self._workers)
-        for worker in workers:
+        for worker in self._workers:
             worker.process.kill()  # SIGKILL, unless it has ended already
-        for worker in workers:
+        for worker in self._workers:
             worker.process.join(5)
             if not worker.process.is_alive():
                 worker.connection.close()
