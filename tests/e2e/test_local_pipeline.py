@@ -273,8 +273,9 @@ def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: Ru
     base = niceness(pipeline.process.pid)
     assert niceness(moto) == base
     assert niceness(dynamodb) == base + 10
+    # 4 ingest workers and their pool's zygote; 4 writer and 1 notifier workers, and a zygote each
     by_niceness = sorted(niceness(pid) for pid in workers)
-    assert by_niceness == [base] * 4 + [base + 10] * 5  # 4 ingest; 4 writer and 1 notifier workers
+    assert by_niceness == [base] * 5 + [base + 10] * 7
 
 
 def test_only_the_pipeline_holds_the_apis_port(pipeline: RunningPipeline) -> None:

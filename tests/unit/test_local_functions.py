@@ -37,13 +37,15 @@ def lambda_handler(event, context):
 """
 
 
-def pool_of(tmp_path: Path, workers: int, source: str = HANDLER, nice: int = 0) -> ProcessPoolFunction:
+def pool_of(
+    tmp_path: Path, workers: int, source: str = HANDLER, nice: int = 0, timeout_seconds: float = 3
+) -> ProcessPoolFunction:
     (tmp_path / "app.py").write_text(textwrap.dedent(source))
     function_id = f"PoolFunction{tmp_path.name.replace('-', '_')}"
     function = LocalFunction(
         function_id,
         handler=lambda event, context: None,
-        timeout_seconds=3,
+        timeout_seconds=timeout_seconds,
         memory_mb=128,
         code_dir=tmp_path,
         handler_name="app.lambda_handler",
@@ -106,12 +108,13 @@ def test_a_handler_error_is_a_function_error_with_its_traceback_and_the_worker_g
 def test_a_worker_that_dies_fails_its_invocation_and_the_others_still_serve(
     two_workers: ProcessPoolFunction,
 ) -> None:
+    # When the handler ends its process
     with pytest.raises(FunctionError, match="died"):
         two_workers.invoke({"exit": True})
 
+    # Then that invocation alone failed: the next ones are answered
     answers = [two_workers.invoke({"echo": n}) for n in range(4)]
     assert [answer["echo"] for answer in answers] == [0, 1, 2, 3]
-    assert len({answer["pid"] for answer in answers}) == 1
     assert (two_workers.invocations, two_workers.errors) == (5, 1)
 
 
@@ -137,11 +140,49 @@ def test_a_handler_that_cannot_load_fails_the_pool_at_once(tmp_path: Path) -> No
         pool_of(tmp_path, workers=2, source="1 / 0\n")
 
 
-def test_once_every_worker_died_invocations_fail_at_once(tmp_path: Path) -> None:
+def test_a_worker_that_died_is_replaced_by_a_new_execution_environment(tmp_path: Path) -> None:
+    # Given a function with one execution environment, whose process ends during an invocation
     pool = pool_of(tmp_path, workers=1)
+    first = pool.invoke({})["pid"]
     with pytest.raises(FunctionError, match="died"):
         pool.invoke({"exit": True})
 
+    # Then the next invocation waits for a new environment and is answered there
+    answer = pool.invoke({"echo": "again"})
+    assert answer["echo"] == "again"
+    assert answer["pid"] != first
+    pool.stop()
+
+
+def test_an_invocation_over_the_timeout_fails_and_its_environment_is_replaced(tmp_path: Path) -> None:
+    # Given a function with a 0.5 s timeout and one execution environment
+    pool = pool_of(tmp_path, workers=1, timeout_seconds=0.5)
+    first = pool.invoke({})["pid"]
+
+    # When an invocation runs for 30 s
+    started = time.monotonic()
+    with pytest.raises(FunctionError, match=r"Task timed out after 0\.50 seconds"):
+        pool.invoke({"sleep": 30})
+
+    # Then it fails at the timeout, as in Lambda; its process is gone, and a new one answers
+    assert time.monotonic() - started < 5
+    assert not Path(f"/proc/{first}").exists()
+    answer = pool.invoke({"echo": "after"})
+    assert (answer["echo"], answer["pid"] != first) == ("after", True)
+    assert (pool.invocations, pool.errors) == (3, 1)
+    pool.stop()
+
+
+def test_once_no_environment_can_be_started_invocations_fail_at_once(tmp_path: Path) -> None:
+    # Given a function whose code breaks after its one environment started
+    pool = pool_of(tmp_path, workers=1)
+    (tmp_path / "app.py").write_text("1 / 0\n")
+
+    # When that environment dies, and its replacement cannot load the handler
+    with pytest.raises(FunctionError, match="died"):
+        pool.invoke({"exit": True})
+
+    # Then invocations fail at once instead of waiting for ever
     with pytest.raises(FunctionError, match="every worker process died"):
         pool.invoke({})
     pool.stop()
@@ -219,3 +260,89 @@ def test_sys_exit_in_an_in_process_function_is_a_function_error() -> None:
     with pytest.raises(FunctionError, match="SystemExit"):
         function.invoke({})
     assert (function.invocations, function.errors) == (1, 1)
+
+
+def outcome(pool: ProcessPoolFunction, event: dict[str, Any]) -> str:
+    """What an invocation came to, for invocations made in other threads."""
+    try:
+        pool.invoke(event)
+    except FunctionError as error:
+        return str(error)
+    return "answered"
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_environments_ended_together_are_replaced_without_holding_each_others_pipes(tmp_path: Path) -> None:
+    # Given four environments whose invocations all time out at once
+    pool = pool_of(tmp_path, workers=4, timeout_seconds=0.5)
+    outcomes: list[str] = []
+
+    def invoke_for_30_seconds() -> None:
+        outcomes.append(outcome(pool, {"sleep": 30}))
+
+    threads = [threading.Thread(target=invoke_for_30_seconds) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(outcomes) == 4
+    assert all("Task timed out after 0.50 seconds" in text for text in outcomes), outcomes
+
+    # When one of their replacements then dies
+    started = time.monotonic()
+    with pytest.raises(FunctionError, match="died"):
+        pool.invoke({"exit": True})
+
+    # Then its death is seen at once (no other worker holds its pipe open), and all serve again
+    assert time.monotonic() - started < 3
+    answers = [pool.invoke({"echo": n}) for n in range(4)]
+    assert [answer["echo"] for answer in answers] == [0, 1, 2, 3]
+    pool.stop()
+
+
+def test_replacing_environments_leaks_no_descriptors(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, workers=1)
+    pool.invoke({})
+    before = open_descriptors()
+
+    for _ in range(10):
+        with pytest.raises(FunctionError, match="died"):
+            pool.invoke({"exit": True})
+    pool.invoke({})
+
+    # (the first worker, this process's child, held one more: the pipe that tells its exit)
+    assert open_descriptors() <= before
+    pool.stop()
+
+
+def test_kill_ends_an_environment_still_loading(tmp_path: Path) -> None:
+    # Given a function whose handler takes 30 s to load once a flag file exists
+    slow = tmp_path / "slow"
+    source = f"import os, time\nif os.path.exists({str(slow)!r}):\n    time.sleep(30)\n" + textwrap.dedent(
+        HANDLER
+    )
+    pool = pool_of(tmp_path, workers=1, source=source)
+    slow.touch()
+
+    # When its environment dies and the replacement is loading
+    failed: list[str] = []
+    crashing = threading.Thread(target=lambda: failed.append(outcome(pool, {"exit": True})))
+    crashing.start()
+    deadline = time.monotonic() + 10
+    while not any(worker.process is None for worker in pool._workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (loading,) = [worker.pid for worker in pool._workers if worker.process is None]
+    pool.kill()
+    crashing.join(10)
+
+    # Then kill ends it too, at once, and the failed invocation is answered
+    assert not crashing.is_alive()
+    assert len(failed) == 1
+    assert "died" in failed[0]
+    wait_until_gone = time.monotonic() + 5
+    while Path(f"/proc/{loading}").exists() and time.monotonic() < wait_until_gone:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{loading}").exists()

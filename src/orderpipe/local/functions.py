@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import multiprocessing
 import os
 import signal
@@ -12,6 +13,7 @@ import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
@@ -114,6 +116,9 @@ class FunctionError(Exception):
     """The handler raised in a worker process; the message carries its traceback."""
 
 
+WORKER_LOAD_TIMEOUT_SECONDS = 60.0
+log = logging.getLogger(__name__)
+
 # The handler of a worker process (one per process, loaded when it starts).
 _worker_handler: Handler | None = None
 # This process's ends of its workers' pipes, its own worker's among them: a worker closes those
@@ -181,11 +186,60 @@ def _serve_invocations(connection: Connection, function: LocalFunction, nice: in
         connection.send_bytes(payload)
 
 
+def _serve_zygote(control: Connection, function: LocalFunction, nice: int) -> None:
+    """A pool's zygote: forked with the pool, before any thread of the pipeline starts, it forks
+    each new worker the pool asks for, so that no worker is ever forked from a process with
+    threads. It sends the new worker's pipe end (as a file descriptor) and pid back, and ends
+    when the pool stops or the pipeline goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers it forks
+    for inherited in _pipeline_ends:
+        inherited.close()
+    os.nice(nice)  # its workers inherit it
+    while True:
+        try:
+            if control.recv() is None:
+                return
+        except EOFError:
+            return
+        pipeline_end, worker_end = multiprocessing.Pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the handler's own children
+                control.close()
+                pipeline_end.close()
+                _serve_invocations(worker_end, function, nice=0)
+            finally:
+                os._exit(0)
+        worker_end.close()
+        reduction.send_handle(control, pipeline_end.fileno(), os.getppid())
+        pipeline_end.close()
+        control.send(pid)
+
+
 @dataclass
 class _Worker:
-    process: BaseProcess
+    pid: int
     connection: Connection  # the pipeline's end of the worker's pipe
+    process: BaseProcess | None = None  # None: forked by the zygote, not by this process
     alive: bool = True
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it if it is this process's child."""
+        self.alive = False
+        if self.process is not None:
+            self.process.kill()
+            self.process.join(5)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            _pipeline_ends.remove(self.connection)
+        self.connection.close()
 
 
 class ProcessPoolFunction:
@@ -194,8 +248,13 @@ class ProcessPoolFunction:
     handler's module state. An invocation takes a free worker and talks to it over its own
     pipe: no thread of this process stands between the caller and the worker.
 
+    As in Lambda, an invocation that runs over the function's timeout fails ("Task timed out")
+    and its environment is ended; an environment that ends, timed out or crashed, is replaced
+    by a new one, loaded in the background.
+
     Create it before any thread of this process starts (forking a process with running threads
-    is unsafe): the workers are forked at once, here, and loaded before it returns.
+    is unsafe): the workers and the pool's zygote, which forks the replacements, are forked at
+    once, here, and the workers loaded before it returns.
     """
 
     def __init__(self, function: LocalFunction, workers: int, *, nice: int = 0) -> None:
@@ -207,41 +266,63 @@ class ProcessPoolFunction:
         self.workers = self.concurrency = workers
         self.invocations = 0
         self.errors = 0
+        self.timeout_seconds = function.timeout_seconds
         self._free: list[_Worker] = []
         self._free_changed = threading.Condition()
+        self._replacing = 0  # environments being started in place of ended ones
         self._stopping = False
-        sys.stdout.flush()  # what is buffered would be written again by every worker
-        sys.stderr.flush()
-        context = multiprocessing.get_context("fork")
-        self._workers: list[_Worker] = []
-        for _ in range(workers):
-            pipeline_end, worker_end = context.Pipe()
-            _pipeline_ends.append(pipeline_end)  # before the fork: the worker closes its copy
-            process = context.Process(
-                target=_serve_invocations,
-                args=(worker_end, function, nice),
-                name=f"{function.function_id} worker",
-                daemon=True,
-            )
-            process.start()
-            worker_end.close()
-            self._workers.append(_Worker(process, pipeline_end))
+        self._zygote_lock = threading.Lock()  # one request to the zygote at a time
+        self._workers = [self._fork(function, nice) for _ in range(workers)]
+        self._zygote = self._fork_zygote(function, nice)
         for worker in self._workers:  # a worker that fails to load fails the pipeline's start
-            try:
-                loaded, detail = worker.connection.recv()
-            except EOFError:
-                loaded, detail = False, "the worker exited while loading"
+            loaded, detail = self._loaded(worker)
             if not loaded:
                 self.kill()
                 raise FunctionError(f"{self.function_id}: a worker could not load the handler:\n{detail}")
             self._free.append(worker)
 
+    @staticmethod
+    def _start(target: Any, args: tuple[Any, ...], name: str) -> tuple[BaseProcess, Connection]:
+        sys.stdout.flush()  # what is buffered would be written again by the child
+        sys.stderr.flush()
+        context = multiprocessing.get_context("fork")
+        pipeline_end, child_end = context.Pipe()
+        _pipeline_ends.append(pipeline_end)  # before the fork: the child closes its copy
+        process = context.Process(target=target, args=(child_end, *args), name=name, daemon=True)
+        process.start()
+        child_end.close()
+        return process, pipeline_end
+
+    def _fork(self, function: LocalFunction, nice: int) -> _Worker:
+        process, connection = self._start(_serve_invocations, (function, nice), f"{self.function_id} worker")
+        assert process.pid is not None
+        return _Worker(process.pid, connection, process)
+
+    def _fork_zygote(self, function: LocalFunction, nice: int) -> _Worker:
+        process, connection = self._start(_serve_zygote, (function, nice), f"{self.function_id} zygote")
+        assert process.pid is not None
+        return _Worker(process.pid, connection, process)
+
+    @staticmethod
+    def _loaded(worker: _Worker, timeout: float = WORKER_LOAD_TIMEOUT_SECONDS) -> tuple[bool, str]:
+        try:
+            if not worker.connection.poll(timeout):
+                return False, f"the worker did not load within {timeout:.0f} s"
+            loaded, detail = worker.connection.recv()
+            return bool(loaded), str(detail)
+        except (EOFError, OSError):
+            return False, "the worker exited while loading"
+
     def invoke(self, event: dict[str, Any]) -> Any:
-        """Call the handler in a free worker (waiting for one). An exception it raises, or the
-        worker's death, is a FunctionError."""
+        """Call the handler in a free worker (waiting for one). An exception it raises, its
+        timeout, or the worker's death is a FunctionError."""
+        try:
+            payload = ForkingPickler.dumps(event)
+        except Exception as error:
+            raise FunctionError(f"{self.function_id}: the event cannot be sent: {error!r}") from error
         worker = self._take()
         try:
-            ok, result = self._call(worker, event)
+            ok, result = self._call(worker, payload)
         finally:
             with self._free_changed:
                 if worker.alive:
@@ -250,7 +331,7 @@ class ProcessPoolFunction:
         if not ok:
             with self._free_changed:
                 self.errors += 1
-            raise FunctionError(f"{self.function_id} raised:\n{result}")
+            raise FunctionError(result)
         return result
 
     def _take(self) -> _Worker:
@@ -258,7 +339,7 @@ class ProcessPoolFunction:
             while not self._free:
                 if self._stopping:
                     raise FunctionError(f"{self.function_id}: stopped")
-                if not any(worker.alive for worker in self._workers):
+                if not self._replacing and not any(worker.alive for worker in self._workers):
                     raise FunctionError(f"{self.function_id}: every worker process died")
                 self._free_changed.wait()
             if self._stopping:
@@ -266,40 +347,95 @@ class ProcessPoolFunction:
             self.invocations += 1
             return self._free.pop()
 
-    def _call(self, worker: _Worker, event: dict[str, Any]) -> tuple[bool, Any]:
+    def _call(self, worker: _Worker, payload: memoryview) -> tuple[bool, Any]:
         try:
-            worker.connection.send(event)
+            worker.connection.send_bytes(payload)
+            if not worker.connection.poll(self.timeout_seconds):
+                self._end(worker)
+                return False, f"{self.function_id}: Task timed out after {self.timeout_seconds:.2f} seconds"
             answer: tuple[bool, Any] = worker.connection.recv()
-            return answer
-        except (EOFError, OSError, TypeError) as error:  # the worker died or was killed: a function error
+        except (EOFError, OSError) as error:  # the worker died or was killed: a function error
+            self._end(worker)
+            return False, f"{self.function_id}: its worker (pid {worker.pid}) died: {error!r}"
+        ok, result = answer
+        return ok, result if ok else f"{self.function_id} raised:\n{result}"
+
+    def _end(self, worker: _Worker) -> None:
+        """End a worker whose invocation failed with it, and start another in its place."""
+        with self._free_changed:
             worker.alive = False
-            return False, f"its worker (pid {worker.process.pid}) died: {error!r}"
+            self._workers.remove(worker)
+            replace = not self._stopping
+            if replace:
+                self._replacing += 1
+        worker.kill()
+        worker.close()
+        if replace:
+            self._replace()
+
+    def _replace(self) -> None:
+        """A new worker from the zygote, loaded before it joins the free ones (in the caller's
+        thread: the invocation that failed is answered once its environment is back)."""
+        worker, detail = None, ""
+        try:
+            with self._zygote_lock:
+                self._zygote.connection.send(True)
+                descriptor = reduction.recv_handle(self._zygote.connection)
+                pid = self._zygote.connection.recv()
+            worker = _Worker(pid, Connection(descriptor))
+            _pipeline_ends.append(worker.connection)
+            with self._free_changed:
+                self._workers.append(worker)
+            loaded, detail = self._loaded(worker)
+        except (EOFError, OSError) as error:  # the zygote is gone: the pool is stopping
+            loaded, detail = False, repr(error)
+        with self._free_changed:
+            self._replacing -= 1
+            if worker is not None and loaded and worker.alive and not self._stopping:
+                self._free.append(worker)
+                worker = None
+            self._free_changed.notify_all()
+        if worker is not None:  # not loaded, or stopped meanwhile
+            with self._free_changed:
+                if worker in self._workers:
+                    self._workers.remove(worker)
+            worker.kill()
+            worker.close()
+        if not loaded:
+            log.error("%s: a new execution environment could not start: %s", self.function_id, detail)
 
     def stop(self) -> None:
-        """Let the invocations in flight finish, then end the workers."""
+        """Let the invocations in flight finish, then end the workers and the zygote."""
         with self._free_changed:
             self._stopping = True
             self._free_changed.notify_all()  # those waiting for a worker are refused
             self._free_changed.wait_for(
-                lambda: len(self._free) == sum(worker.alive for worker in self._workers)
+                lambda: not self._replacing and len(self._free) == sum(w.alive for w in self._workers)
             )
-        for worker in self._workers:
+            workers = [*self._workers, self._zygote]
+        for worker in workers:
             with contextlib.suppress(OSError):
                 worker.connection.send(None)
-            worker.process.join()
-            worker.connection.close()
+        for worker in workers:
+            if worker.process is not None:
+                worker.process.join()
+            else:  # not this process's child: gone once its pipe reads EOF
+                with contextlib.suppress(EOFError, OSError):
+                    while worker.connection.poll(5) and worker.connection.recv_bytes():
+                        pass
+            worker.close()
 
     def kill(self) -> None:
         """End the workers at once (their invocations are stuck), and reap them."""
         with self._free_changed:
             self._stopping = True
             self._free_changed.notify_all()
-        for worker in self._workers:
-            worker.process.kill()  # SIGKILL, unless it has ended already
-        for worker in self._workers:
-            worker.process.join(5)
-            if not worker.process.is_alive():
-                worker.connection.close()
+            workers = [*self._workers, self._zygote]
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            if worker.process is None or not worker.process.is_alive():
+                worker.close()
 
 
 class Poller(Protocol):
