@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing.reduction
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from orderpipe.local.functions import FunctionError, LocalFunction, ProcessPoolF
 from tests.conftest import ROOT
 
 HANDLER = """
-import os, time
+import os, signal, time
 
 def lambda_handler(event, context):
     if event.get("raise"):
@@ -33,7 +34,8 @@ def lambda_handler(event, context):
     started = time.monotonic()
     time.sleep(event.get("sleep", 0))
     return {"pid": os.getpid(), "started": started, "ended": time.monotonic(),
-            "function": context.function_name, "echo": event.get("echo"), "nice": os.nice(0)}
+            "function": context.function_name, "echo": event.get("echo"), "nice": os.nice(0),
+            "sigchld_ignored": signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN}
 """
 
 
@@ -346,3 +348,50 @@ def test_kill_ends_an_environment_still_loading(tmp_path: Path) -> None:
     while Path(f"/proc/{loading}").exists() and time.monotonic() < wait_until_gone:
         time.sleep(0.05)
     assert not Path(f"/proc/{loading}").exists()
+
+
+def test_a_replacement_runs_like_the_first_workers(tmp_path: Path) -> None:
+    # Given a pool at niceness 5 whose only worker died and was replaced by the zygote
+    pool = pool_of(tmp_path, workers=1, nice=5)
+    base = os.nice(0)
+    first = pool.invoke({})
+    with pytest.raises(FunctionError, match="died"):
+        pool.invoke({"exit": True})
+    zygote_descriptors = len(os.listdir(f"/proc/{pool._zygote.pid}/fd"))  # once it has served
+    for _ in range(5):
+        with pytest.raises(FunctionError, match="died"):
+            pool.invoke({"exit": True})
+    replacement = pool.invoke({})
+
+    # Then the replacement has the pool's niceness, as the first worker had, and its own
+    # children can be waited for (the zygote ignores SIGCHLD; its workers must not)
+    assert replacement["pid"] != first["pid"]
+    assert first["nice"] == replacement["nice"] == base + 5
+    assert (first["sigchld_ignored"], replacement["sigchld_ignored"]) == (False, False)
+    # And the zygote keeps no descriptor of the workers it forked
+    assert len(os.listdir(f"/proc/{pool._zygote.pid}/fd")) == zygote_descriptors
+    pool.stop()
+
+
+def test_a_failed_exchange_with_the_zygote_fails_the_invocation_and_wedges_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a pool whose zygote's answer cannot be read (at the descriptor limit, say)
+    pool = pool_of(tmp_path, workers=1)
+
+    def refuse(connection: object) -> int:
+        raise RuntimeError("received 0 items of ancdata")
+
+    monkeypatch.setattr(multiprocessing.reduction, "recv_handle", refuse)
+
+    # When the worker dies and no replacement can be had
+    with pytest.raises(FunctionError, match="died"):
+        pool.invoke({"exit": True})
+
+    # Then the next invocation fails at once, and the pool still stops
+    with pytest.raises(FunctionError, match="every worker process died"):
+        pool.invoke({})
+    stopping = threading.Thread(target=pool.stop)
+    stopping.start()
+    stopping.join(10)
+    assert not stopping.is_alive()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import logging
@@ -127,6 +128,15 @@ _worker_handler: Handler | None = None
 _pipeline_ends: list[Connection] = []
 
 
+@atexit.register
+def _let_workers_go() -> None:
+    """At exit, before multiprocessing joins its children: a pool that was never stopped has
+    workers and a zygote that ignore SIGTERM and wait for their pipe; closing it ends them."""
+    for connection in list(_pipeline_ends):
+        with contextlib.suppress(OSError):
+            connection.close()
+
+
 def _init_worker(function: LocalFunction) -> None:
     """A new execution environment, with the function's own variables: the parent coordinates
     shutdown, so the worker ignores Ctrl-C and SIGTERM; boto3 clients must not cross a fork,
@@ -203,8 +213,12 @@ def _serve_zygote(control: Connection, function: LocalFunction, nice: int) -> No
                 return
         except EOFError:
             return
-        pipeline_end, worker_end = multiprocessing.Pipe()
-        pid = os.fork()
+        try:
+            pipeline_end, worker_end = multiprocessing.Pipe()
+            pid = os.fork()
+        except OSError as error:  # no process or pipe to be had now: the pool may ask again
+            control.send((False, repr(error)))
+            continue
         if pid == 0:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the handler's own children
@@ -214,9 +228,9 @@ def _serve_zygote(control: Connection, function: LocalFunction, nice: int) -> No
             finally:
                 os._exit(0)
         worker_end.close()
+        control.send((True, pid))
         reduction.send_handle(control, pipeline_end.fileno(), os.getppid())
         pipeline_end.close()
-        control.send(pid)
 
 
 @dataclass
@@ -225,6 +239,10 @@ class _Worker:
     connection: Connection  # the pipeline's end of the worker's pipe
     process: BaseProcess | None = None  # None: forked by the zygote, not by this process
     alive: bool = True
+    # A worker the zygote forked is reaped by the kernel once it exits, and its pid may then be
+    # another process's: it is signalled through a pidfd, which names that one process only.
+    pidfd: int | None = None
+    _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def kill(self) -> None:
         """SIGKILL, and reap it if it is this process's child."""
@@ -233,13 +251,20 @@ class _Worker:
             self.process.kill()
             self.process.join(5)
         else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            with self._closing:
+                if self.pidfd is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            _pipeline_ends.remove(self.connection)
-        self.connection.close()
+        """Once, whichever threads ask (kill() and a replacement's own clean-up may both)."""
+        with self._closing:
+            with contextlib.suppress(ValueError):
+                _pipeline_ends.remove(self.connection)
+            self.connection.close()
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
 
 
 class ProcessPoolFunction:
@@ -250,7 +275,7 @@ class ProcessPoolFunction:
 
     As in Lambda, an invocation that runs over the function's timeout fails ("Task timed out")
     and its environment is ended; an environment that ends, timed out or crashed, is replaced
-    by a new one, loaded in the background.
+    by a new one, loaded before the failed invocation is answered.
 
     Create it before any thread of this process starts (forking a process with running threads
     is unsafe): the workers and the pool's zygote, which forks the replacements, are forked at
@@ -368,41 +393,68 @@ class ProcessPoolFunction:
             replace = not self._stopping
             if replace:
                 self._replacing += 1
-        worker.kill()
-        worker.close()
-        if replace:
-            self._replace()
+        try:
+            worker.kill()
+            worker.close()
+        finally:
+            if replace:
+                self._replace()
 
     def _replace(self) -> None:
         """A new worker from the zygote, loaded before it joins the free ones (in the caller's
-        thread: the invocation that failed is answered once its environment is back)."""
-        worker, detail = None, ""
+        thread: the invocation that failed is answered once its environment is back).
+        Counted in `_replacing` until it is done, whatever happens."""
+        worker, loaded, detail = None, False, ""
         try:
-            with self._zygote_lock:
-                self._zygote.connection.send(True)
-                descriptor = reduction.recv_handle(self._zygote.connection)
-                pid = self._zygote.connection.recv()
-            worker = _Worker(pid, Connection(descriptor))
-            _pipeline_ends.append(worker.connection)
+            worker = self._spawn()
             with self._free_changed:
                 self._workers.append(worker)
             loaded, detail = self._loaded(worker)
-        except (EOFError, OSError) as error:  # the zygote is gone: the pool is stopping
-            loaded, detail = False, repr(error)
-        with self._free_changed:
-            self._replacing -= 1
-            if worker is not None and loaded and worker.alive and not self._stopping:
-                self._free.append(worker)
-                worker = None
-            self._free_changed.notify_all()
-        if worker is not None:  # not loaded, or stopped meanwhile
+        except Exception as error:
+            detail = repr(error)
+        finally:
             with self._free_changed:
-                if worker in self._workers:
+                self._replacing -= 1
+                if worker is not None and loaded and worker.alive and not self._stopping:
+                    self._free.append(worker)
+                    worker = None
+                elif worker is not None and worker in self._workers:
                     self._workers.remove(worker)
+                self._free_changed.notify_all()
+        if worker is not None:  # not loaded, or stopped meanwhile
             worker.kill()
             worker.close()
         if not loaded:
             log.error("%s: a new execution environment could not start: %s", self.function_id, detail)
+
+    def _spawn(self) -> _Worker:
+        """Ask the zygote for a new worker. A conversation cut short leaves the zygote's pipe out
+        of step: the zygote is then ended, and no further worker is asked of it."""
+        with self._zygote_lock:
+            if not self._zygote.alive:
+                raise FunctionError(f"{self.function_id}: no zygote to start a new environment")
+            descriptor = None
+            try:
+                self._zygote.connection.send(True)
+                forked, pid = self._zygote.connection.recv()
+                if not forked:
+                    raise FunctionError(f"{self.function_id}: the zygote could not fork: {pid}")
+                descriptor = reduction.recv_handle(self._zygote.connection)
+                worker = _Worker(pid, Connection(descriptor))
+                descriptor = None
+                _pipeline_ends.append(worker.connection)
+            except FunctionError:
+                raise
+            except Exception:
+                if descriptor is not None:
+                    os.close(descriptor)
+                self._zygote.kill()
+                raise
+        try:
+            worker.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # it has ended already
+            worker.alive = False
+        return worker
 
     def stop(self) -> None:
         """Let the invocations in flight finish, then end the workers and the zygote."""
