@@ -345,25 +345,38 @@ def test_a_handler_exception_is_api_gateways_500(
     assert "IngestFunction raised on POST /orders" in caplog.text
 
 
-def test_a_body_over_the_payload_limit_is_413_without_invoking(server: LocalHttpApi) -> None:
-    # Given a request that announces 10 MB + 1 byte (it need not send them)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
-        connection.sendall(
-            f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {PAYLOAD_LIMIT_BYTES + 1}\r\n\r\n".encode()
-        )
-
-        # When the answer is read
+def raw_exchange(port: int, request_bytes: bytes) -> tuple[bytes, bytes]:
+    """Send bytes as they are, and nothing more, and read until the server closes: (head, body)
+    of its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request_bytes)
+        connection.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def assert_refused_and_closed(server: LocalHttpApi, head: bytes, body: bytes, status: HTTPStatus) -> None:
+    assert head.startswith(f"HTTP/1.1 {int(status)} ".encode())
+    assert b"Connection: close" in head
+    assert json.loads(body) == {"message": status.phrase}
+    assert server.functions["IngestFunction"].invocations == 0
+
+
+def test_a_body_over_the_payload_limit_is_413_without_invoking(server: LocalHttpApi) -> None:
+    # Given a request that announces 10 MB + 1 byte (it need not send them)
+    request_bytes = (
+        f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {PAYLOAD_LIMIT_BYTES + 1}\r\n\r\n".encode()
+    )
+
+    # When the answer is read
+    head, body = raw_exchange(server.port, request_bytes)
 
     # Then API Gateway's 413 came back, the connection was closed, the function never ran
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413 ")
-    assert b"Connection: close" in head
-    assert json.loads(body) == {"message": "Request Entity Too Large"}
-    assert server.functions["IngestFunction"].invocations == 0
+    assert_refused_and_closed(server, head, body, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
 
 def test_a_chunked_body_is_read_whole(server: LocalHttpApi) -> None:
@@ -417,19 +430,6 @@ def test_the_port_is_bound_before_the_functions_are_given() -> None:
         api.close(timeout=0)
 
 
-def raw_exchange(port: int, request_bytes: bytes) -> tuple[bytes, bytes]:
-    """Send bytes as they are, and nothing more, and read until the server closes: (head, body)
-    of its answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-        connection.sendall(request_bytes)
-        connection.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return head, body
-
-
 @pytest.mark.parametrize(
     "request_bytes",
     [
@@ -474,10 +474,7 @@ def test_a_request_whose_body_cannot_be_framed_is_400_and_ends_the_connection(
 
     # Then it is refused in JSON, the connection closed (nothing left over is read as a request),
     # and the function never ran
-    assert head.startswith(b"HTTP/1.1 400 ")
-    assert b"Connection: close" in head
-    assert json.loads(body) == {"message": "Bad Request"}
-    assert server.functions["IngestFunction"].invocations == 0
+    assert_refused_and_closed(server, head, body, HTTPStatus.BAD_REQUEST)
 
 
 def test_a_multipart_body_reaches_the_function_which_judges_its_content_type(server: LocalHttpApi) -> None:
