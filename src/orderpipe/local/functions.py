@@ -256,6 +256,10 @@ class _Worker:
                     with contextlib.suppress(ProcessLookupError):
                         signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
+    def end(self) -> None:
+        self.kill()
+        self.close()
+
     def close(self) -> None:
         """Once, whichever threads ask (kill() and a replacement's own clean-up may both)."""
         with self._closing:
@@ -297,8 +301,8 @@ class ProcessPoolFunction:
         self._replacing = 0  # environments being started in place of ended ones
         self._stopping = False
         self._zygote_lock = threading.Lock()  # one request to the zygote at a time
-        self._workers = [self._fork(function, nice) for _ in range(workers)]
-        self._zygote = self._fork_zygote(function, nice)
+        self._workers = [self._fork(_serve_invocations, function, nice, "worker") for _ in range(workers)]
+        self._zygote = self._fork(_serve_zygote, function, nice, "zygote")
         for worker in self._workers:  # a worker that fails to load fails the pipeline's start
             loaded, detail = self._loaded(worker)
             if not loaded:
@@ -306,27 +310,20 @@ class ProcessPoolFunction:
                 raise FunctionError(f"{self.function_id}: a worker could not load the handler:\n{detail}")
             self._free.append(worker)
 
-    @staticmethod
-    def _start(target: Any, args: tuple[Any, ...], name: str) -> tuple[BaseProcess, Connection]:
+    def _fork(self, target: Any, function: LocalFunction, nice: int, role: str) -> _Worker:
+        """A child of this process running `target` (a worker, or the zygote) on its own pipe."""
         sys.stdout.flush()  # what is buffered would be written again by the child
         sys.stderr.flush()
         context = multiprocessing.get_context("fork")
         pipeline_end, child_end = context.Pipe()
         _pipeline_ends.append(pipeline_end)  # before the fork: the child closes its copy
-        process = context.Process(target=target, args=(child_end, *args), name=name, daemon=True)
+        process = context.Process(
+            target=target, args=(child_end, function, nice), name=f"{self.function_id} {role}", daemon=True
+        )
         process.start()
         child_end.close()
-        return process, pipeline_end
-
-    def _fork(self, function: LocalFunction, nice: int) -> _Worker:
-        process, connection = self._start(_serve_invocations, (function, nice), f"{self.function_id} worker")
         assert process.pid is not None
-        return _Worker(process.pid, connection, process)
-
-    def _fork_zygote(self, function: LocalFunction, nice: int) -> _Worker:
-        process, connection = self._start(_serve_zygote, (function, nice), f"{self.function_id} zygote")
-        assert process.pid is not None
-        return _Worker(process.pid, connection, process)
+        return _Worker(process.pid, pipeline_end, process)
 
     @staticmethod
     def _loaded(worker: _Worker, timeout: float = WORKER_LOAD_TIMEOUT_SECONDS) -> tuple[bool, str]:
@@ -394,8 +391,7 @@ class ProcessPoolFunction:
             if replace:
                 self._replacing += 1
         try:
-            worker.kill()
-            worker.close()
+            worker.end()
         finally:
             if replace:
                 self._replace()
@@ -422,8 +418,7 @@ class ProcessPoolFunction:
                     self._workers.remove(worker)
                 self._free_changed.notify_all()
         if worker is not None:  # not loaded, or stopped meanwhile
-            worker.kill()
-            worker.close()
+            worker.end()
         if not loaded:
             log.error("%s: a new execution environment could not start: %s", self.function_id, detail)
 

@@ -2,9 +2,8 @@
 
 moto (in child processes) plays the AWS services, the template's queues, tables and topics are
 created in it, the real handlers run with their template environment in worker processes forked
-from this one (in this one with `--workers 0`), and the
-template's HTTP API, event source mappings and email subscriptions are played by `LocalHttpApi`,
-the pollers and the outbox.
+from this one (in this one with `--workers 0`), and the template's HTTP API, event source
+mappings and email subscriptions are played by `LocalHttpApi`, the pollers and the outbox.
 
 Stopping drains: the API stops accepting first, then what it accepted is carried through the
 queue and the stream (bounded by a timeout) before the pollers and the endpoint stop.
