@@ -7,15 +7,25 @@ BIN := $(VENV)/bin
 SAM_PYENV := $(shell command -v pyenv >/dev/null 2>&1 && pyenv versions --bare | grep -E '^3\.13' | head -1)
 SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(SAM_PYENV),PYENV_VERSION=$(shell python3 -c 'import platform;print(platform.python_version())'):$(SAM_PYENV))
 
-.PHONY: dev run test lint typecheck validate build pytest unit integration e2e bench format clean
+.PHONY: dev lock run test lint typecheck validate build pytest unit integration e2e bench format clean
 
-$(VENV)/.installed: pyproject.toml
+# The virtual environment is made anew from the lock whenever the lock or a pyproject changes, so
+# it holds exactly what requirements/dev.lock pins (hash-checked), plus this repo's two packages.
+$(VENV)/.installed: requirements/dev.lock pyproject.toml local/pyproject.toml
+	rm -rf $(VENV)
 	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . -e ./local
+	$(BIN)/pip check
 	touch $@
 
 dev: $(VENV)/.installed
+
+# Re-resolves every dependency to the newest versions the pyprojects and requirements/dev.in
+# allow, for Python 3.11 and later on any platform, with the hashes of every file.
+lock: dev
+	$(BIN)/uv pip compile requirements/dev.in --universal --python-version 3.11 --generate-hashes \
+	    --upgrade --no-emit-package orderpipe --no-emit-package orderpipe-local --quiet -o requirements/dev.lock
 
 run: dev
 	$(BIN)/orderpipe local
@@ -39,17 +49,21 @@ validate: dev
 build: dev
 	$(SAM_ENV) $(BIN)/sam build --parallel
 
+# Two suites, each with its own rootdir: the product's (tests/) and the runner's (local/tests/).
 pytest: dev
-	$(BIN)/pytest
+	$(BIN)/pytest tests
+	$(BIN)/pytest local/tests
 
 unit: dev
 	$(BIN)/pytest tests/unit
+	$(BIN)/pytest local/tests/unit
 
 integration: dev
 	$(BIN)/pytest tests/integration
+	$(BIN)/pytest local/tests/integration
 
 e2e: dev
-	$(BIN)/pytest tests/e2e
+	$(BIN)/pytest local/tests/e2e
 
 bench: dev
 	$(PY) bench/load.py

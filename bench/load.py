@@ -286,7 +286,7 @@ def start_pipeline(workdir: Path, overrides: Sequence[str]) -> Pipeline:
     command = [
         sys.executable,
         "-m",
-        "orderpipe.cli",
+        "orderpipe_local.cli",
         "local",
         "--port",
         "0",
@@ -401,7 +401,7 @@ class ProcessWatch:
                     command = Path(f"/proc/{child}/cmdline").read_bytes()
                 except OSError:
                     continue
-                if b"orderpipe.local.endpoint" in command:
+                if b"orderpipe_local.moto.endpoint" in command:
                     name = "moto DynamoDB" if b"--only-dynamodb" in command else "moto"
                 else:
                     name = f"child {child}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from orderpipe.local.endpoint import AwsEndpoint
+from orderpipe_local.moto.endpoint import AwsEndpoint
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

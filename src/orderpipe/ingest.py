@@ -34,7 +34,9 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from pydantic import BaseModel, ConfigDict
 
-from orderpipe import resources
+from orderpipe.aws import clients
+from orderpipe.aws.orders_queue import QueueUnavailable
+from orderpipe.aws.orders_table import StorageError
 from orderpipe.models import (
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -46,8 +48,6 @@ from orderpipe.models import (
     is_order_id,
 )
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.orders_queue import QueueUnavailable
-from orderpipe.orders_table import StorageError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
@@ -219,7 +219,7 @@ def accept_order(request: OrderRequest) -> OrderAccepted:
     """Give the order its id and put it on OrdersQueue; it is accepted once SQS has it."""
     order = Order.accept(request)
     logger.set_correlation_id(order.order_id)
-    resources.orders_queue().enqueue(order)
+    clients.orders_queue().enqueue(order)
     logger.info("order accepted", extra={"order_id": order.order_id, "items": len(order.items)})
     metrics.add_metric(name="OrdersAccepted", unit=MetricUnit.Count, value=1)
     return OrderAccepted(order_id=order.order_id)
@@ -236,7 +236,7 @@ def accept_order_once(request: OrderRequest, idempotency_key: str) -> OrderAccep
     accept = idempotent_function(
         _accept_keyed_order,
         data_keyword_argument="keyed",
-        persistence_store=resources.idempotency_store(),
+        persistence_store=clients.idempotency_store(),
         config=_idempotency_config,
         output_serializer=PydanticSerializer(OrderAccepted),
     )
@@ -249,7 +249,7 @@ def read_order(order_id: str) -> Order:
     order = None
     if is_order_id(order_id):  # anything else cannot be stored: no need to ask DynamoDB
         logger.set_correlation_id(order_id)
-        order = resources.orders_table().get_order(order_id)
+        order = clients.orders_table().get_order(order_id)
     if order is None:
         raise OrderNotFound("no order has this id")
     return order

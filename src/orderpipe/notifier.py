@@ -27,10 +27,10 @@ from aws_lambda_powertools.utilities.parser.models import (
 )
 from pydantic import model_validator
 
-from orderpipe import resources
+from orderpipe.aws import clients
+from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.record_failures import FailureLoggingProcessor
 from orderpipe.support_email import render_support_emails
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def announce_new_orders(orders: Sequence[Order]) -> list[str]:
     unique = list({order.order_id: order for order in orders if order.status == OrderStatus.PLACED}.values())
     if not unique:
         return []
-    table = resources.orders_table()
+    table = clients.orders_table()
     # A StorageError here propagates: without knowing what was sent, send nothing.
     already_notified = table.notified_order_ids(order.order_id for order in unique)
     if already_notified:
@@ -101,7 +101,7 @@ def announce_new_orders(orders: Sequence[Order]) -> list[str]:
     to_announce = [order for order in unique if order.order_id not in already_notified]
 
     announced: list[str] = []
-    topic = resources.orders_topic()
+    topic = clients.orders_topic()
     for email in render_support_emails(to_announce):
         # TopicUnavailable propagates once the orders of the parts already sent are marked.
         try:
@@ -131,7 +131,7 @@ def _mark_notified(order_ids: Sequence[str]) -> None:
     if not order_ids:
         return
     metrics.add_metric(name="OrdersNotified", unit=MetricUnit.Count, value=len(order_ids))
-    result = resources.orders_table().mark_all_notified(order_ids, at=datetime.now(UTC))
+    result = clients.orders_table().mark_all_notified(order_ids, at=datetime.now(UTC))
     for order_id in result.failed:
         # Retrying the record would email the order a second time; leave it PLACED instead.
         logger.set_correlation_id(order_id)

@@ -13,10 +13,10 @@ from aws_lambda_powertools.utilities.batch import EventType, process_partial_res
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import Json
 
-from orderpipe import resources
+from orderpipe.aws import clients
+from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.record_failures import FailureLoggingProcessor
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -52,7 +52,7 @@ def store_queued_order(record: QueuedOrder) -> bool:
     """
     order: Order = record.body
     logger.set_correlation_id(order.order_id)
-    stored = resources.orders_table().put_new_order(order)
+    stored = clients.orders_table().put_new_order(order)
     if stored:
         metrics.add_metric(name="OrdersStored", unit=MetricUnit.Count, value=1)
         logger.info("Order stored", extra={"message_id": record.messageId})

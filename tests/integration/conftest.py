@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 from moto import mock_aws
 
-from orderpipe import resources
-from orderpipe.stack.functions import Handler, load_handler
-from orderpipe.stack.provision import Stack, provision_stack
-from orderpipe.stack.template import Template, load_template
-from tests.conftest import ROOT
+from orderpipe.aws import clients
+from orderpipe_local.runtime.handlers import Handler, load_handler
+from orderpipe_local.stack.provision import Stack, provision_stack
+from orderpipe_local.stack.template import Template, load_template
+from orderpipe_local.testing import ROOT
 
 SUPPORT_EMAIL = "support@example.com"
 
@@ -33,7 +33,7 @@ def stack(template: Template, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack
             for name, value in created.function_environment(function_id).items():
                 if name != "POWERTOOLS_SERVICE_NAME":
                     monkeypatch.setenv(name, value)
-        resources.reset()
+        clients.reset()
         yield created
 
 

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
-from orderpipe import resources
-from orderpipe.lambda_context import LocalLambdaContext
+from orderpipe.aws import clients
 from orderpipe.models import MAX_IDEMPOTENCY_KEY_LENGTH, Order, OrderRequest, OrderStatus
 from orderpipe.observability import logger, metrics
-from orderpipe.stack.functions import Handler
-from orderpipe.stack.provision import Stack
-from orderpipe.stack.template import Template
-from tests.conftest import EVENTS, load_event
+from orderpipe_local.runtime.handlers import Handler
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
+from orderpipe_local.stack.provision import Stack
+from orderpipe_local.stack.template import Template
+from orderpipe_local.testing import EVENTS, load_event
 from tests.integration.conftest import handler_of
 
 # A GET or a refused request publishes no metric, and Powertools says so.
@@ -290,7 +290,7 @@ def test_same_key_while_the_first_request_is_in_flight_is_409(
 ) -> None:
     # Given the first request with a key is still queueing its order when its retry arrives
     event = load_event("ingest-post-order-with-idempotency-key.json")
-    queue = resources.orders_queue()
+    queue = clients.orders_queue()
     enqueue = queue.enqueue
     answers_in_flight: list[dict[str, Any]] = []
 
@@ -345,7 +345,7 @@ def store_order(order_id: str) -> Order:
     """The valid order fixture as the writer would have stored it under `order_id`."""
     request = OrderRequest.model_validate_json(load_event("ingest-post-order.json")["body"])
     order = Order.accept(request).model_copy(update={"order_id": order_id})
-    assert resources.orders_table().put_new_order(order)
+    assert clients.orders_table().put_new_order(order)
     return order
 
 
@@ -392,7 +392,7 @@ def test_get_order_fixture_answers_the_stored_order_as_placed(ingest: Invoke) ->
 def test_get_order_after_support_was_notified_is_notified(ingest: Invoke) -> None:
     # Given the order is stored and support staff were emailed about it
     store_order(STORED_ORDER_ID)
-    assert resources.orders_table().mark_notified(STORED_ORDER_ID)
+    assert clients.orders_table().mark_notified(STORED_ORDER_ID)
 
     # When it is requested
     response = ingest(load_event("ingest-get-order.json"))
@@ -408,7 +408,7 @@ def test_accepted_order_can_be_read_at_its_location_once_stored(ingest: Invoke, 
     # Given an order accepted by POST and stored from its queue message, as the writer does
     accepted = ingest(load_event("ingest-post-order.json"))
     [message] = queued_messages(stack)
-    resources.orders_table().put_new_order(Order.model_validate_json(message["Body"]))
+    clients.orders_table().put_new_order(Order.model_validate_json(message["Body"]))
 
     # When the client follows the Location header
     location = accepted["headers"]["Location"]

@@ -15,15 +15,15 @@ from typing import Any
 import boto3
 import pytest
 
-from orderpipe import resources
-from orderpipe.lambda_context import LocalLambdaContext
+from orderpipe.aws import clients
+from orderpipe.aws.orders_table import StorageError, from_attribute_values, to_attribute_values
+from orderpipe.aws.orders_topic import TopicUnavailable
 from orderpipe.models import Order
-from orderpipe.orders_table import StorageError, from_attribute_values, to_attribute_values
-from orderpipe.orders_topic import TopicUnavailable
-from orderpipe.stack.provision import Stack
-from orderpipe.stack.template import Template
 from orderpipe.support_email import SupportEmail
-from tests.conftest import load_event
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
+from orderpipe_local.stack.provision import Stack
+from orderpipe_local.stack.template import Template
+from orderpipe_local.testing import load_event
 from tests.integration.aws_faults import fail_calls
 from tests.integration.conftest import handler_of
 
@@ -244,7 +244,7 @@ def test_when_sns_fails_nothing_is_marked_and_the_retry_sends_one_email(
     # Given SNS refuses to publish
     event = load_event("notifier-stream-insert-batch.json")
     store_inserted_orders(stack, event)
-    restore = fail_calls(resources.orders_topic().client, "Publish", "InternalError", status=500)
+    restore = fail_calls(clients.orders_topic().client, "Publish", "InternalError", status=500)
 
     # When
     with pytest.raises(TopicUnavailable):
@@ -268,7 +268,7 @@ def test_when_reading_the_notified_orders_fails_nothing_is_sent(
     # Given the table cannot tell which orders were already announced
     event = load_event("notifier-stream-insert-batch.json")
     store_inserted_orders(stack, event)
-    fail_calls(resources.orders_table().client, "BatchGetItem", "InternalServerError", status=500)
+    fail_calls(clients.orders_table().client, "BatchGetItem", "InternalServerError", status=500)
 
     # When
     with pytest.raises(StorageError):
@@ -288,9 +288,9 @@ def test_when_marking_fails_after_the_email_went_out_the_record_still_succeeds(
     # Given marking one order fails, in the batch's transaction and on its own
     event = load_event("notifier-stream-insert-batch.json")
     store_inserted_orders(stack, event)
-    fail_calls(resources.orders_table().client, "TransactWriteItems", "InternalServerError", status=500)
+    fail_calls(clients.orders_table().client, "TransactWriteItems", "InternalServerError", status=500)
     fail_calls(
-        resources.orders_table().client,
+        clients.orders_table().client,
         "UpdateItem",
         "InternalServerError",
         status=500,
@@ -342,7 +342,7 @@ def big_insert_event(stack: Stack, count: int) -> tuple[dict[str, Any], list[str
             for i in range(100)
         ]
         order = base.model_copy(update={"order_id": order_id, "items": items})
-        resources.orders_table().put_new_order(order)
+        clients.orders_table().put_new_order(order)
         record = copy.deepcopy(template_record)
         record["dynamodb"]["NewImage"] = to_attribute_values(order.to_item())
         record["dynamodb"]["Keys"] = {"orderId": {"S": order_id}}
@@ -358,7 +358,7 @@ def test_when_a_later_part_of_a_split_digest_fails_the_retry_sends_only_that_par
     # Given a batch too big for one SNS message, and SNS failing the second part
     event, order_ids = big_insert_event(stack, 3)
     topic = FlakyTopic(failing_calls={2})
-    monkeypatch.setattr(resources.orders_topic(), "publish", topic.publish)
+    monkeypatch.setattr(clients.orders_topic(), "publish", topic.publish)
 
     # When
     with pytest.raises(TopicUnavailable):

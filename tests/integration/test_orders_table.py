@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from orderpipe import resources
+from orderpipe.aws import clients
 from orderpipe.models import Customer, LineItem, Order, OrderRequest
-from orderpipe.stack.provision import Stack
+from orderpipe_local.stack.provision import Stack
 
 
 def placed_orders(count: int) -> list[Order]:
@@ -17,7 +17,7 @@ def placed_orders(count: int) -> list[Order]:
     )
     orders = [Order.accept(request, now=datetime(2026, 11, 22, tzinfo=UTC)) for _ in range(count)]
     for order in orders:
-        assert resources.orders_table().put_new_order(order)
+        assert clients.orders_table().put_new_order(order)
     return orders
 
 
@@ -27,27 +27,27 @@ def test_marking_more_orders_than_one_transaction_holds_marks_them_all(stack: St
     ids = [order.order_id for order in orders]
 
     # When
-    result = resources.orders_table().mark_all_notified(ids)
+    result = clients.orders_table().mark_all_notified(ids)
 
     # Then
     assert sorted(result.marked) == sorted(ids)
     assert result.not_placed == result.failed == []
-    assert resources.orders_table().notified_order_ids(ids) == set(ids)
+    assert clients.orders_table().notified_order_ids(ids) == set(ids)
 
 
 def test_an_order_already_notified_is_reported_and_the_others_are_still_marked(stack: Stack) -> None:
     # Given three orders, one of them already NOTIFIED, and an id that was never stored
     first, second, third = (order.order_id for order in placed_orders(3))
-    assert resources.orders_table().mark_notified(second)
+    assert clients.orders_table().mark_notified(second)
     never_stored = "00000000-0000-4000-8000-000000000000"
 
     # When (the transaction is refused, so each order is marked on its own)
-    result = resources.orders_table().mark_all_notified([first, second, third, never_stored])
+    result = clients.orders_table().mark_all_notified([first, second, third, never_stored])
 
     # Then
     assert result.marked == [first, third]
     assert result.not_placed == [second, never_stored]
     assert result.failed == []
-    stored = resources.orders_table().get_order(second)
+    stored = clients.orders_table().get_order(second)
     assert stored is not None
     assert stored.notified_at is not None

@@ -10,12 +10,12 @@ from typing import Any
 import boto3
 import pytest
 
-from orderpipe import resources
-from orderpipe.lambda_context import LocalLambdaContext
+from orderpipe.aws import clients
 from orderpipe.models import Order
-from orderpipe.stack.provision import Stack
-from orderpipe.stack.template import Template
-from tests.conftest import load_event
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
+from orderpipe_local.stack.provision import Stack
+from orderpipe_local.stack.template import Template
+from orderpipe_local.testing import load_event
 from tests.integration.aws_faults import fail_calls
 from tests.integration.conftest import handler_of
 
@@ -186,7 +186,7 @@ def throttled_order(stack: Stack) -> Iterator[Callable[[str], None]]:
     """Makes OrdersTable answer PutItem for chosen orderIds with a throttling error."""
     throttled: set[str] = set()
     undo = fail_calls(
-        resources.orders_table().client,
+        clients.orders_table().client,
         "PutItem",
         "ProvisionedThroughputExceededException",
         when=lambda request: request["Item"]["orderId"]["S"] in throttled,

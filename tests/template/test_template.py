@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from samtranslator.yaml_helper import yaml_parse
 
-from orderpipe.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
-from tests.conftest import ROOT
+from orderpipe_local.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
+from orderpipe_local.testing import ROOT
 
 REGION = "us-east-1"
 FUNCTIONS = ("IngestFunction", "WriterFunction", "NotifierFunction")

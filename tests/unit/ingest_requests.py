@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from orderpipe import resources
+from orderpipe.aws import clients
 from orderpipe.ingest import app
-from orderpipe.lambda_context import LocalLambdaContext
 from orderpipe.models import Order
-from tests.conftest import load_event
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
+from orderpipe_local.testing import load_event
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -81,7 +81,7 @@ def recording_queue() -> Iterator[RecordingQueue]:
     """Ingest enqueues into a RecordingQueue; undone before the shared fixtures reset resources."""
     queue = RecordingQueue()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(resources, "orders_queue", lambda: queue)
+        patch.setattr(clients, "orders_queue", lambda: queue)
         yield queue
 
 

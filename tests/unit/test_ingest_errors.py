@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from orderpipe import ingest, resources
-from orderpipe.lambda_context import LocalLambdaContext
+from orderpipe import ingest
+from orderpipe.aws import clients
 from orderpipe.models import MAX_BODY_BYTES, is_order_id
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
 from tests.unit.ingest_requests import (
     VALID_ORDER,
     RecordingQueue,
@@ -347,7 +348,7 @@ def test_order_id_that_cannot_exist_is_404_without_reading_the_table(
 ) -> None:
     # Given an OrdersTable that must not be read
     monkeypatch.setenv("ORDERS_TABLE_NAME", "orderpipe-OrdersTable")
-    with Stubber(resources.orders_table().client) as table:
+    with Stubber(clients.orders_table().client) as table:
         # When an id that is no order id is requested
         response = resolve(get_order(order_id), lambda_context)
 
@@ -365,7 +366,7 @@ def test_queue_unavailable_is_503_with_retry_after(
 ) -> None:
     # Given an OrdersQueue that SQS cannot reach
     monkeypatch.setenv("ORDERS_QUEUE_URL", QUEUE_URL)
-    with Stubber(resources.orders_queue().client) as sqs:
+    with Stubber(clients.orders_queue().client) as sqs:
         sqs.add_client_error("send_message", "AWS.SimpleQueueService.NonExistentQueue", http_status_code=400)
 
         # When a valid order is posted
@@ -383,7 +384,7 @@ def test_idempotency_store_unavailable_is_503_and_nothing_is_queued(
 ) -> None:
     # Given an idempotency table that DynamoDB cannot serve
     monkeypatch.setenv("IDEMPOTENCY_TABLE_NAME", "orderpipe-IdempotencyTable")
-    with Stubber(resources.idempotency_store().client) as dynamodb:
+    with Stubber(clients.idempotency_store().client) as dynamodb:
         dynamodb.add_client_error("put_item", "InternalServerError", http_status_code=500)
 
         # When a valid order is posted with an Idempotency-Key
@@ -402,7 +403,7 @@ def test_table_unavailable_on_read_is_503(
 ) -> None:
     # Given an OrdersTable that throttles every read
     monkeypatch.setenv("ORDERS_TABLE_NAME", "orderpipe-OrdersTable")
-    with Stubber(resources.orders_table().client) as table:
+    with Stubber(clients.orders_table().client) as table:
         table.add_client_error("get_item", "ProvisionedThroughputExceededException", http_status_code=400)
 
         # When an order is requested

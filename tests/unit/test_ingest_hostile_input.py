@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from orderpipe.lambda_context import LocalLambdaContext
 from orderpipe.models import Order, OrderRequest
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
 from tests.unit.ingest_requests import (
     VALID_ORDER,
     RecordingQueue,

@@ -7,7 +7,7 @@ from typing import Any
 
 from orderpipe.ingest import openapi_json
 from orderpipe.models import MAX_IDEMPOTENCY_KEY_LENGTH
-from tests.conftest import ROOT
+from orderpipe_local.testing import ROOT
 
 COMMITTED = ROOT / "openapi.json"
 REGENERATE = (

@@ -1,0 +1,249 @@
+"""The `orderpipe` command: `local`, `invoke`, `openapi`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from orderpipe_local.config import DEFAULT_BACKGROUND_NICE, DEFAULT_WORKERS
+from orderpipe_local.stack.template import TemplateError, parse_parameter_overrides, project_root
+from orderpipe_local.versions import VersionMismatch, check_pinned_versions
+
+if TYPE_CHECKING:
+    from orderpipe_local.config import PipelineConfig
+
+_ENV_FILE_HELP = (
+    'a `sam local --env-vars` JSON file: {"Parameters": {VAR: value}} for every function and '
+    '{"FunctionId": {VAR: value}} for one; as in sam, only variables the template declares are set'
+)
+
+
+def _key_values(text: str) -> dict[str, str]:
+    """`KEY=VALUE`, or several in one shell-quoted string as sam takes them (`"A=1 B='x y'"`)."""
+    try:
+        return parse_parameter_overrides(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _niceness(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{value} is not a niceness from 0 (as the API) to 19")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orderpipe", description="The order pipeline on one machine, without Docker or an AWS account."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    local = commands.add_parser(
+        "local",
+        help="run the whole pipeline locally (API, queue, table, stream, topic, emails)",
+        description="Run the pipeline of template.yaml locally: moto as the AWS endpoint, the real "
+        "handlers in worker processes, the HTTP API on 127.0.0.1, SNS email delivered to an outbox folder.",
+    )
+    local.add_argument("--port", type=int, default=3000, help="HTTP API port (default 3000)")
+    local.add_argument("--host", default="127.0.0.1", help="HTTP API address (default 127.0.0.1)")
+    local.add_argument(
+        "--aws-port",
+        type=int,
+        default=None,
+        help="AWS endpoint port (default 4566, as events/env.local.json expects; 0 picks a free one)",
+    )
+    local.add_argument(
+        "--aws-host",
+        default="127.0.0.1",
+        help="AWS endpoint address (default 127.0.0.1; 0.0.0.0 lets `sam local` containers reach it)",
+    )
+    local.add_argument("--outbox", type=Path, help="where emails go (default .orderpipe/outbox)")
+    local.add_argument("--env-file", type=Path, help=_ENV_FILE_HELP)
+    _add_parameter_overrides(local)
+    local.add_argument(
+        "--log-file",
+        type=Path,
+        help="function logs (default .orderpipe/functions.log); moto.log goes beside it",
+    )
+    local.add_argument(
+        "--workers",
+        "--api-workers",
+        dest="workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="worker processes (execution environments) of each function invoked concurrently - "
+        "behind the API or triggered by a queue - each handling one invocation at a time "
+        f"(default {DEFAULT_WORKERS}; 0 runs them in this process, one at a time)",
+    )
+    local.add_argument(
+        "--background-nice",
+        type=_niceness,
+        default=DEFAULT_BACKGROUND_NICE,
+        help="niceness of the processes that work off the queue and the stream (their functions' "
+        "workers, moto's DynamoDB), so that on a busy machine the API answers first and the queue "
+        f"absorbs the burst (default {DEFAULT_BACKGROUND_NICE}; 0: the same priority as the API)",
+    )
+    local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+    local.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to let accepted orders through the pipeline when stopping (default 60)",
+    )
+
+    invoke = commands.add_parser(
+        "invoke",
+        help="invoke one function with an event, like `sam local invoke` without Docker",
+        description="Invoke a function of the template with an event, against the resources of a "
+        "running `orderpipe local` (else a throwaway endpoint). Prints the response as JSON.",
+    )
+    invoke.add_argument(
+        "function", metavar="FUNCTION", help="logical id (IngestFunction) or short name (ingest)"
+    )
+    invoke.add_argument("-e", "--event", help="event JSON file, `-` for stdin (default: {})")
+    invoke.add_argument(
+        "--endpoint-url", help="AWS endpoint whose resources to use (default: the running pipeline's)"
+    )
+    invoke.add_argument("--env-file", type=Path, help=_ENV_FILE_HELP)
+    _add_parameter_overrides(invoke)
+    invoke.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+
+    commands.add_parser("openapi", help="print the OpenAPI description of the HTTP API")
+    return parser
+
+
+def _add_parameter_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--parameter-overrides",
+        nargs="+",
+        action="extend",  # given twice, both count (a later value of a key wins)
+        type=_key_values,
+        default=[],
+        metavar="KEY=VALUE",
+        help="template parameters (over samconfig.toml [default] and the template's defaults)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("local", "invoke"):
+        try:
+            check_pinned_versions()
+        except VersionMismatch as error:
+            print(f"orderpipe {args.command}: {error}", file=sys.stderr)
+            return 2
+    match args.command:
+        case "local":
+            return _local(args)
+        case "invoke":
+            return _invoke(args)
+        case _:
+            from orderpipe.ingest import openapi_json
+
+            print(openapi_json())
+            return 0
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    from orderpipe_local.config import DEFAULT_AWS_PORT, PipelineConfig
+
+    return PipelineConfig(
+        root=project_root(),
+        api_host=getattr(args, "host", "127.0.0.1"),
+        api_port=getattr(args, "port", 3000),
+        aws_host=getattr(args, "aws_host", "127.0.0.1"),
+        aws_port=DEFAULT_AWS_PORT if getattr(args, "aws_port", None) is None else args.aws_port,
+        outbox_dir=getattr(args, "outbox", None),
+        parameter_overrides={
+            key: value for pairs in args.parameter_overrides for key, value in pairs.items()
+        },
+        env_file=args.env_file,
+        state_file=args.state_file,
+        function_log=getattr(args, "log_file", None),
+        drain_timeout=getattr(args, "drain_timeout", 60.0),
+        workers=getattr(args, "workers", DEFAULT_WORKERS),
+        background_nice=getattr(args, "background_nice", DEFAULT_BACKGROUND_NICE),
+    )
+
+
+def _local(args: argparse.Namespace) -> int:
+    from orderpipe_local.console import Console, ConsoleLogHandler
+    from orderpipe_local.environment import EnvFileError
+    from orderpipe_local.moto.endpoint import EndpointError
+    from orderpipe_local.pipeline import LocalPipeline
+    from orderpipe_local.state import PipelineState
+
+    console = Console(sys.stdout)
+    handler = ConsoleLogHandler(console)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("orderpipe").setLevel(logging.INFO)
+    # boto's pool of 10 connections per client overflows under load; that is harmless.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+    stop, abort = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            abort.set()  # a second Ctrl-C: stop draining
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    config = _config(args)
+    if config.state_file is not None and (running := PipelineState.read(config.state_file)) is not None:
+        console.line(f"orderpipe local is already running (pid {running.pid}, API {running.api_url})")
+        return 1
+    try:
+        pipeline = LocalPipeline(config, console)
+        pipeline.start()
+    except (OSError, EndpointError, TemplateError, EnvFileError) as error:
+        console.line(f"orderpipe local: cannot start: {error}")
+        return 1
+    if not pipeline.run(stop):
+        abort.set()  # nothing can be drained without the endpoint
+        pipeline.stop(abort)
+        return 1
+    drained = pipeline.stop(abort)
+    console.line(
+        "orderpipe local: stopped" if drained else "orderpipe local: stopped without draining everything"
+    )
+    return 0 if drained else 1
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    from orderpipe_local.environment import EnvFileError
+    from orderpipe_local.invoke import UnknownFunction, invoke, read_event
+    from orderpipe_local.moto.endpoint import EndpointError
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        event = read_event(args.event)
+        invocation = invoke(_config(args), args.function, event, endpoint_url=args.endpoint_url)
+    except (OSError, ValueError, LookupError, EndpointError, TemplateError, EnvFileError) as error:
+        kind = (
+            ""
+            if isinstance(error, UnknownFunction | EnvFileError | TemplateError)
+            else f"{type(error).__name__}: "
+        )
+        print(f"orderpipe invoke: {kind}{error}", file=sys.stderr)
+        return 2
+    print(f"invoked {invocation.function_id} against {invocation.against}", file=sys.stderr)
+    if invocation.error is not None:
+        print(json.dumps(invocation.error_response(), indent=2))
+        return 1
+    print(json.dumps(invocation.response, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

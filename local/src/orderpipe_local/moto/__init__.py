@@ -1,0 +1,1 @@
+"""The AWS endpoint: moto in server mode, with the patches the pipeline needs."""

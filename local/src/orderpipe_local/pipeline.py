@@ -1,0 +1,439 @@
+"""`orderpipe local`: the whole pipeline of `template.yaml` on one machine.
+
+moto (in child processes) plays the AWS services, the template's queues, tables and topics are
+created in it, the real handlers run with their template environment in worker processes forked
+from this one (in this one with `--workers 0`), and the template's HTTP API, event source
+mappings and email subscriptions are played by `LocalHttpApi`, the pollers and the outbox.
+
+Stopping drains: the API stops accepting first, then what it accepted is carried through the
+queue and the stream (bounded by a timeout) before the pollers and the endpoint stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, Protocol, TextIO, runtime_checkable
+
+from orderpipe.aws import clients
+from orderpipe_local.apigw.server import HttpApi, LocalHttpApi, http_api_from_template
+from orderpipe_local.config import DEFAULT_AWS_PORT, PipelineConfig, load_local_template
+from orderpipe_local.console import Console
+from orderpipe_local.environment import (
+    EnvVarsFile,
+    apply_environment,
+    aws_environment,
+    function_environment,
+    shared_environment,
+)
+from orderpipe_local.moto.endpoint import AwsEndpoint, EndpointError
+from orderpipe_local.runtime.functions import (
+    Invocable,
+    LocalFunction,
+    Poller,
+    ProcessPoolFunction,
+    load_functions,
+)
+from orderpipe_local.runtime.gc_pauses import freeze_survivors
+from orderpipe_local.sources.dynamodb_stream import DynamoDBStreamEventSource
+from orderpipe_local.sources.email_outbox import EmailOutbox
+from orderpipe_local.sources.polling import arn_service, as_bool
+from orderpipe_local.sources.sqs import SqsEventSource
+from orderpipe_local.stack.provision import Stack, provision_stack
+from orderpipe_local.stack.template import TemplateError
+from orderpipe_local.state import PipelineState, remove_state
+from orderpipe_local.status import PipelineMonitor, PipelineStatus
+
+log = logging.getLogger(__name__)
+
+# The longest a batch in flight may take: the functions' longest timeout (30 s), and some.
+STOP_TIMEOUT_SECONDS = 40.0
+
+
+@runtime_checkable
+class Drainable(Protocol):
+    """A poller that can wait until its source is empty and nothing it took is still in flight."""
+
+    def drain(self, timeout: float) -> bool: ...
+
+
+class LocalPipeline:
+    def __init__(self, config: PipelineConfig, console: Console) -> None:
+        self.config = config
+        self.console = console
+        self.endpoint: AwsEndpoint | None = None
+        self.stack: Stack | None = None
+        self.functions: dict[str, LocalFunction] = {}
+        self.pools: list[ProcessPoolFunction] = []
+        self.api: LocalHttpApi | None = None
+        self.sources: list[Poller] = []
+        self.outbox: EmailOutbox | None = None
+        self.monitor: PipelineMonitor | None = None
+        self.emails = 0
+        self._emails_lock = threading.Lock()
+        self._saved_environ: dict[str, str] | None = None
+        self._saved_stdout: TextIO | None = None
+        self._saved_showwarning: Callable[..., None] | None = None
+        self._function_log: IO[str] | None = None
+        self._started = False
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.endpoint is None:
+            raise EndpointError("the pipeline is not started")
+        return self.endpoint.url
+
+    # --- start -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring everything up; on failure, take down what was started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _start(self) -> None:
+        config = self.config
+        # moto starts in its own process while this one reads the template.
+        self.endpoint = AwsEndpoint(
+            config.aws_host, config.aws_port, config.endpoint_log, dynamodb_nice=config.background_nice
+        )
+        self.endpoint.launch()
+        template = load_local_template(config)
+        env_file = EnvVarsFile.read(config.env_file) if config.env_file else None
+        http_api = http_api_from_template(template)
+        try:
+            self.api = LocalHttpApi(http_api, None, config.api_host, config.api_port)
+        except OSError as error:
+            raise OSError(
+                f"the API cannot listen on {config.api_host}:{config.api_port}: {error.strerror}"
+            ) from error
+        self.endpoint = self._endpoint_ready(self.endpoint)
+        self._saved_environ = dict(os.environ)
+        apply_environment(aws_environment(self.endpoint.url, template.region, self.endpoint.service_urls))
+
+        self.stack = stack = provision_stack(template, endpoint_url=self.endpoint.url)
+        environments = {fid: function_environment(stack, fid, env_file) for fid in stack.functions()}
+        if config.workers < 1:  # every function in this process: one environment for all
+            apply_environment(shared_environment(stack, stack.functions(), env_file))
+        clients.reset()
+
+        # What the functions print (Powertools logs, EMF metrics) is what CloudWatch Logs would
+        # hold: it goes to a file, the console is for the pipeline's own lines.
+        self._redirect_function_output()
+        self.functions = load_functions(stack, config.root, environments)
+        # Before any thread starts (pollers, outbox, API): the worker processes are forked here.
+        functions = self._function_pools(stack, http_api)
+        freeze_survivors()
+
+        self.sources = self._event_sources(stack, functions)
+        stream_sources = [s for s in self.sources if isinstance(s, DynamoDBStreamEventSource)]
+        self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources)
+        assert config.outbox_dir is not None
+        self.outbox = EmailOutbox(stack, self.endpoint.url, config.outbox_dir, self._on_email)
+        self.outbox.start()
+        for source in self.sources:
+            source.start()
+
+        self.api.start(functions)
+        if config.state_file is not None:
+            PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir).write(
+                config.state_file
+            )
+        self._announce(http_api)
+        self._started = True
+
+    def _function_pools(self, stack: Stack, http_api: HttpApi) -> dict[str, Invocable]:
+        """Every function, each in worker processes (execution environments) of its own: those
+        invoked concurrently - routed to by the API or triggered by an SQS queue - in `workers`
+        of them, those triggered by a DynamoDB stream in one, as a shard is read one batch at a
+        time (and a local stream has one shard). Those the API does not route to run at the
+        background niceness."""
+        functions: dict[str, Invocable] = dict(self.functions)
+        if self.config.workers < 1:
+            for function in self.functions.values():  # a handler that does not load fails the start
+                function.load()
+            return functions
+        mappings = [(function_id, service) for function_id, _, service in self._mappings(stack)]
+        workers = {function_id: 1 for function_id, service in mappings if service == "dynamodb"}
+        behind_api = {route.function_id for route in http_api.routes}
+        concurrent = behind_api | {function_id for function_id, service in mappings if service == "sqs"}
+        workers |= dict.fromkeys(concurrent, self.config.workers)
+        for function_id in sorted(workers.keys() & self.functions.keys()):
+            nice = 0 if function_id in behind_api else self.config.background_nice
+            pool = ProcessPoolFunction(self.functions[function_id], workers[function_id], nice=nice)
+            self.pools.append(pool)
+            functions[function_id] = pool
+        return functions
+
+    def _endpoint_ready(self, endpoint: AwsEndpoint) -> AwsEndpoint:
+        config = self.config
+        try:
+            endpoint.wait_ready()
+        except EndpointError:
+            if config.aws_port != DEFAULT_AWS_PORT:
+                raise
+            log.warning(
+                "port %d is taken; the AWS endpoint uses a free port instead"
+                " (events/env.local.json expects %d: `sam local --env-vars` will not reach it)",
+                DEFAULT_AWS_PORT,
+                DEFAULT_AWS_PORT,
+            )
+            endpoint = AwsEndpoint(
+                config.aws_host, 0, config.endpoint_log, dynamodb_nice=config.background_nice
+            )
+            self.endpoint = endpoint
+            endpoint.start()
+        return endpoint
+
+    def _redirect_function_output(self) -> None:
+        if self.config.function_log is None:
+            return
+        self.config.function_log.parent.mkdir(parents=True, exist_ok=True)
+        # One run's output (not line-buffered: flushed with each status refresh, once a second).
+        self._function_log = self.config.function_log.open("w", encoding="utf-8")
+        self._saved_stdout = sys.stdout
+        sys.stdout = self._function_log
+        # Powertools warns through `warnings` (e.g. an invocation without metrics): function output too.
+        self._saved_showwarning = warnings.showwarning
+        log_file = self._function_log
+
+        def show_in_function_log(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            log_file.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+        warnings.showwarning = show_in_function_log
+
+    def _event_sources(self, stack: Stack, functions: dict[str, Invocable]) -> list[Poller]:
+        """One poller per event source mapping of the template, by the service of its source."""
+        assert self.endpoint is not None
+        sources: list[Poller] = []
+        for function_id, mapping, service in self._mappings(stack):
+            match service:
+                case "sqs":
+                    sources.append(SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url))
+                case "dynamodb":
+                    function, streams_url = functions[function_id], self.endpoint.url_for("dynamodbstreams")
+                    sources.append(
+                        DynamoDBStreamEventSource(
+                            stack, mapping, function, self.endpoint.url, streams_url=streams_url
+                        )
+                    )
+                case _:
+                    raise TemplateError(
+                        f"{function_id}: event source {mapping.get('EventSourceArn')} is not run locally"
+                    )
+        return sources
+
+    def _mappings(self, stack: Stack) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """(function id, mapping, service of its source) of each enabled event source mapping."""
+        for function_id in self.functions:
+            for mapping in stack.event_source_mappings(function_id):
+                if as_bool(mapping.get("Enabled", True)):
+                    yield function_id, mapping, arn_service(str(mapping.get("EventSourceArn", "")))
+
+    def _on_email(self, path: Path, summary: str) -> None:
+        with self._emails_lock:
+            self.emails += 1
+        self.console.line(f"email  {summary}  ({_relative(path)})")
+
+    def _announce(self, http_api: HttpApi) -> None:
+        assert self.stack is not None
+        assert self.api is not None
+        assert self.endpoint is not None
+        stack, endpoint_url, line = self.stack, self.endpoint.url, self.console.line
+        tables = stack.template.resources_of_type("AWS::DynamoDB::Table")
+        queues = stack.template.resources_of_type("AWS::SQS::Queue")
+        topics = stack.template.resources_of_type("AWS::SNS::Topic")
+        width = max(len(name) for name in (*tables, *queues, *topics))
+        line(
+            f"orderpipe local: {stack.template.stack_name}, from template.yaml with samconfig.toml [default]"
+        )
+        line(f"  API           {self.api.url}")
+        for route in http_api.routes:
+            line(f"                  {route.route_key:<28} -> {route.function_id}")
+        region = stack.template.region
+        line(f"  AWS endpoint  {endpoint_url}  (region {region}; any credentials will do, e.g.)")
+        first_table = stack.ref(next(iter(tables))) if tables else "TABLE"
+        indent = " " * 18
+        credentials = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"
+        line(f"{indent}export {credentials} AWS_DEFAULT_REGION={region}")
+        line(f"{indent}aws --endpoint-url {endpoint_url} dynamodb scan --table-name {first_table}")
+        for group, members in (("tables", tables), ("queues", queues), ("topics", topics)):
+            for logical_id in members:
+                if logical_id in stack.resources:
+                    line(f"  {group:<12}  {logical_id:<{width}}  {stack.ref(logical_id)}")
+                    group = ""
+        for source in self.sources:
+            line(f"  event source  {source.name}")
+        email = stack.template.parameters.get("SupportEmail", "")
+        line(f"  outbox        {_relative(self.config.outbox_dir)}  (email to {email})")
+        line(f"  function logs {_relative(self.config.function_log)}")
+        line("Ctrl-C stops: the API stops accepting, what it accepted is stored and mailed, then it exits.")
+
+    # --- run -----------------------------------------------------------------------------------
+
+    def status(self) -> PipelineStatus:
+        assert self.monitor is not None
+        status = self.monitor.status(accepted=0, emails=0)
+        # Read after the endpoint's counts, so that accepted >= stored on every line.
+        status.accepted = self.api.stats().accepted if self.api is not None else status.accepted
+        with self._emails_lock:
+            status.emails = self.emails
+        return status
+
+    def run(self, stop: threading.Event, refresh_seconds: float = 1.0) -> bool:
+        """Show the status line until `stop` is set. False if the AWS endpoint died meanwhile."""
+        while not stop.is_set():
+            if self.endpoint is None or not self.endpoint.running:
+                moto_log = _relative(self.config.endpoint_log)
+                self.console.line(f"orderpipe local: the AWS endpoint (moto) exited; see {moto_log}")
+                return False
+            self.console.status(self.status().line())
+            if self._function_log is not None:
+                self._function_log.flush()
+            stop.wait(refresh_seconds)
+        return True
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    def stop(self, abort: threading.Event | None = None) -> bool:
+        """Stop accepting, drain what was accepted, stop everything. True if all was drained.
+
+        `abort` (a second Ctrl-C) cuts the draining short.
+        """
+        abort = abort or threading.Event()
+        deadline = time.monotonic() + self.config.drain_timeout
+        drained = True
+        try:
+            if self.api is not None:
+                self.console.line("stopping: the API no longer accepts orders; draining what it accepted")
+                drained = self.api.close(timeout=self.config.drain_timeout)
+            if self.monitor is not None and drained:
+                drained = self._endpoint_alive() and self._drain(deadline, abort)
+            if not drained:
+                self.console.line("stopping before everything was drained: see the status above")
+        finally:
+            self._shutdown()
+        return drained
+
+    def _drain(self, deadline: float, abort: threading.Event) -> bool:
+        """Carry what was accepted through the pipeline, step by step: the queue's pollers until
+        the queue is empty, then the stream's until it is read to its end, then the outbox.
+
+        Messages that failed and wait out their visibility timeout are not waited for: they come
+        back later or go to the DLQ, and stay in the (local) queue either way.
+        """
+        queue_sources = [s for s in self.sources if isinstance(s, SqsEventSource)]
+        stream_sources = [s for s in self.sources if not isinstance(s, SqsEventSource)]
+        outbox = [self.outbox] if self.outbox is not None else []
+        for step in (queue_sources, stream_sources, outbox):
+            for source in step:
+                if not self._drain_one(source, deadline, abort):
+                    return False
+            for source in step:
+                if source is not self.outbox:
+                    _stop_quietly(source)  # nothing more comes its way: the step before is drained
+        return True
+
+    def _drain_one(self, source: Poller, deadline: float, abort: threading.Event) -> bool:
+        if not isinstance(source, Drainable):
+            return True  # stop() still finishes the batch in flight
+        while True:
+            self.console.status(self.status().line())
+            remaining = deadline - time.monotonic()
+            try:
+                if source.drain(timeout=max(0.0, min(1.0, remaining))):
+                    return True
+            except Exception as error:  # the endpoint went away, say
+                log.warning("%s could not drain: %s", source.name, error)
+                return False
+            if abort.is_set() or time.monotonic() >= deadline:
+                return False
+
+    def _endpoint_alive(self) -> bool:
+        return self.endpoint is not None and self.endpoint.running
+
+    def _shutdown(self) -> None:
+        """Stop whatever runs, in order: API, pollers (each finishes its batch), outbox, endpoint."""
+        alive = self._endpoint_alive()
+        stop_timeout = STOP_TIMEOUT_SECONDS if alive else 5.0  # without an endpoint, nothing to finish
+        if self.api is not None:
+            self.api.close(timeout=0)
+        for source in self.sources:
+            _stop_quietly(source, stop_timeout)
+        for pool in self.pools:  # no request or batch left to invoke: end the workers
+            _stop_quietly(pool, stop_timeout)
+            pool.kill()  # those still stuck in an invocation
+        self.pools = []
+        if self.outbox is not None:
+            _stop_quietly(self.outbox, stop_timeout)  # after the notifier: delivers what it published last
+        if self.monitor is not None and self._started:
+            if alive:
+                self.console.status(self.status().line())
+            self.console.end_status()
+        if self.config.state_file is not None:
+            remove_state(self.config.state_file)
+        if self.endpoint is not None:
+            self.endpoint.stop()
+        if self._saved_stdout is not None:
+            sys.stdout = self._saved_stdout
+            self._saved_stdout = None
+        if self._saved_showwarning is not None:
+            warnings.showwarning = self._saved_showwarning
+            self._saved_showwarning = None
+        if self._function_log is not None:
+            self._function_log.close()
+            self._function_log = None
+        if self._saved_environ is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_environ)
+            self._saved_environ = None
+            clients.reset()
+        self.api, self.sources, self.outbox, self.monitor, self.endpoint = None, [], None, None, None
+        self._started = False
+
+
+class Stoppable(Protocol):
+    """A poller, the outbox, a function's workers: `stop()` finishes what is in flight."""
+
+    def stop(self) -> None: ...
+
+
+def _stop_quietly(poller: Stoppable, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Stop a poller, waiting at most `timeout` for its batch in flight (it may be stuck on an
+    endpoint that went away; its threads are daemons and end with the process)."""
+
+    def stop() -> None:
+        try:
+            poller.stop()
+        except Exception:
+            log.exception("%s did not stop cleanly", getattr(poller, "name", poller))
+
+    stopping = threading.Thread(target=stop, name=f"stop {getattr(poller, 'name', poller)}", daemon=True)
+    stopping.start()
+    stopping.join(timeout)
+    if stopping.is_alive():
+        log.warning("%s did not stop within %.0f s; leaving it", getattr(poller, "name", poller), timeout)
+
+
+def _relative(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

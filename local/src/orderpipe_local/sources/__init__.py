@@ -1,0 +1,1 @@
+"""Event source mappings: the SQS queue and DynamoDB stream pollers, and the email outbox."""

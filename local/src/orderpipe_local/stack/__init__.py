@@ -1,0 +1,1 @@
+"""Reading template.yaml and creating its resources on an AWS endpoint."""

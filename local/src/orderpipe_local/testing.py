@@ -1,0 +1,204 @@
+"""Test helpers shared by the product's tests, the runner's and the benchmarks: the `events/`
+fixtures, a Lambda context, an environment that cannot reach real AWS (loaded as a pytest plugin
+by both suites), and `orderpipe local` started as a subprocess and reached over HTTP only."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+
+from orderpipe.aws import clients
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
+from orderpipe_local.stack.template import project_root
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sqs import SQSClient
+
+ROOT = project_root()
+EVENTS = ROOT / "events"
+
+# Powertools' Metrics takes its namespace, and orderpipe its stage dimension, from the environment
+# when `orderpipe.observability` is first imported, and test modules import it while they are
+# collected, before any fixture runs.
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Orderpipe")
+os.environ["STAGE"] = "dev"  # what the tests expect in the metrics, whatever the shell exports
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """One of the `sam local invoke -e` fixtures in `events/`."""
+    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return event
+
+
+@pytest.fixture(autouse=True)
+def offline_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test may reach real AWS: dummy credentials, one region, no X-Ray, no endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Orderpipe")
+    clients.reset()
+    yield
+    clients.reset()
+
+
+@pytest.fixture
+def lambda_context() -> LocalLambdaContext:
+    return LocalLambdaContext(function_name="orderpipe-test")
+
+
+START_TIMEOUT_SECONDS = 60.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll until `condition()` is truthy and return it; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {condition.__doc__ or condition}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Email:
+    path: Path
+    to: str
+    subject: str
+    body: str
+
+
+def orderpipe_command() -> list[str]:
+    """The installed console script, as `make run` starts it."""
+    script = Path(sys.executable).parent / "orderpipe"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "orderpipe_local.cli"]
+
+
+@dataclass
+class RunningPipeline:
+    process: subprocess.Popen[bytes]
+    api_url: str
+    endpoint_url: str
+    outbox: Path
+    state: dict[str, Any]
+    output: Path
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        """One HTTP request to the local API: (status, headers, JSON body or text)."""
+        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+        request = urllib.request.Request(self.api_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, response_headers, raw = response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            status, response_headers, raw = error.code, dict(error.headers), error.read()
+        try:
+            return status, response_headers, json.loads(raw)
+        except ValueError:
+            return status, response_headers, raw.decode(errors="replace")
+
+    def _session(self) -> boto3.session.Session:
+        return boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.state["region"]
+        )
+
+    def sqs(self) -> SQSClient:
+        """An SQS client of the pipeline's AWS endpoint."""
+        return self._session().client("sqs", endpoint_url=self.endpoint_url)
+
+    def dynamodb(self) -> DynamoDBClient:
+        """A DynamoDB client of the pipeline's AWS endpoint."""
+        return self._session().client("dynamodb", endpoint_url=self.endpoint_url)
+
+    def resource(self, logical_id: str) -> str:
+        """The physical name, URL or ARN of one of the template's resources."""
+        ref: str = self.state["resources"][logical_id]["ref"]
+        return ref
+
+    def emails(self) -> list[Email]:
+        """The outbox, oldest first."""
+        emails = []
+        for path in sorted(self.outbox.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            body = message.get_body(preferencelist=("plain",))
+            text = body.get_content() if body is not None else ""
+            emails.append(Email(path, str(message["To"]), str(message["Subject"]), text))
+        return emails
+
+    def order_status(self, order_id: str) -> str | int:
+        """The order's status, or the HTTP status when there is none (404)."""
+        status, _, body = self.request("GET", f"/orders/{order_id}")
+        return str(body["status"]) if status == 200 else status
+
+    def terminate(self, timeout: float = 90.0) -> int:
+        """SIGTERM, then the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def console(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
+    state_file = tmp_path / "state.json"
+    outbox = tmp_path / "outbox"
+    output = tmp_path / "console.txt"
+    command = [
+        *orderpipe_command(),
+        "local",
+        "--port",
+        "0",  # it picks a free port and writes its URL to the state file
+        "--aws-port",
+        "0",
+        "--outbox",
+        str(outbox),
+        "--log-file",
+        str(tmp_path / "functions.log"),
+        "--state-file",
+        str(state_file),
+        *extra_args,
+    ]
+    with output.open("wb") as console:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"orderpipe local did not start:\n{output.read_text(errors='replace')}")
+        time.sleep(0.1)
+    state = json.loads(state_file.read_text())
+    return RunningPipeline(process, state["api_url"], state["endpoint_url"], outbox, state, output)

@@ -1,0 +1,1 @@
+"""AWS adapters: cached clients, the orders table, queue and topic."""
