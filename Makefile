@@ -21,11 +21,13 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml local/pyproject.toml
 
 dev: $(VENV)/.installed
 
-# Re-resolves every dependency to the newest versions the pyprojects and requirements/dev.in
-# allow, for Python 3.11 and later on any platform, with the hashes of every file.
+# Resolves requirements/dev.in and both pyprojects into the lock, for Python 3.11 and later on any
+# platform, with the hashes of every file. Pins that still fit are kept (add a dependency, run
+# `make lock`, and nothing else moves); `make lock UPGRADE=1` moves every pin to the newest allowed.
 lock: dev
 	$(BIN)/uv pip compile requirements/dev.in --universal --python-version 3.11 --generate-hashes \
-	    --upgrade --no-emit-package orderpipe --no-emit-package orderpipe-local --quiet -o requirements/dev.lock
+	    $(if $(UPGRADE),--upgrade) --no-emit-package orderpipe --no-emit-package orderpipe-local \
+	    --quiet -o requirements/dev.lock
 
 run: dev
 	$(BIN)/orderpipe local
