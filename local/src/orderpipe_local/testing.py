@@ -47,8 +47,14 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def offline_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test may reach real AWS: dummy credentials, one region, no X-Ray, no endpoint."""
+def offline_aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test may reach real AWS: dummy credentials, one region, no X-Ray, no endpoint.
+
+    Only the acceptance tests, given `--stack-name`, reach AWS, with the caller's credentials.
+    """
+    if request.config.getoption("stack_name", default=None) and request.node.get_closest_marker("acceptance"):
+        yield
+        return
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
