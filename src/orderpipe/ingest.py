@@ -161,6 +161,13 @@ def _body_bytes(event: APIGatewayProxyEventV2) -> bytes:
     return body.encode("utf-8", "surrogatepass")
 
 
+def _content_encoding(event: APIGatewayProxyEventV2) -> str | None:
+    """The body's Content-Encoding, unless it is absent or `identity` (none)."""
+    codings = [c.strip() for c in (event.headers.get("content-encoding") or "").split(",") if c.strip()]
+    codings = [c for c in codings if c.lower() != "identity"]
+    return ", ".join(codings) if codings else None
+
+
 def check_order_body(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     """What the order schema cannot check: size, content type, JSON, an object. Returns the object."""
     body = _body_bytes(event)
@@ -168,6 +175,11 @@ def check_order_body(event: APIGatewayProxyEventV2) -> dict[str, Any]:
         raise BodyTooLarge(f"the body is {len(body)} bytes; an order may be at most {MAX_BODY_BYTES} bytes")
     if not _is_json_media_type(event.headers.get("content-type")):
         raise UnsupportedContentType(f"Content-Type must be {JSON_MEDIA_TYPE}")
+    # API Gateway passes a compressed body through as it came; it is not the order's JSON.
+    if (encoding := _content_encoding(event)) is not None:
+        raise UnsupportedContentType(
+            f"Content-Encoding {encoding} is not supported; send the order uncompressed"
+        )
     if not body.strip():
         raise BodyNotJson("the body is empty; send the order as JSON")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -195,6 +196,34 @@ def test_valid_json_sent_as_another_content_type_is_415(
     assert response["statusCode"] == 415
     assert json_body(response) == {"message": "Content-Type must be application/json"}
     assert queue.orders == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "GZIP", "deflate, br", "x-gzip"])
+def test_a_compressed_body_is_415_naming_the_encoding(
+    encoding: str, queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    # Given a gzip-compressed order, which API Gateway passes through as it came (base64)
+    body = gzip.compress(json.dumps(VALID_ORDER).encode())
+    event = post_order(body, headers={"content-encoding": encoding})
+
+    # When it is posted
+    response = resolve(event, lambda_context)
+
+    # Then the encoding is refused by name, not taken for a body that is not UTF-8
+    assert response["statusCode"] == 415
+    assert json_body(response)["message"].startswith(f"Content-Encoding {encoding} is not supported")
+    assert queue.orders == []
+
+
+def test_identity_content_encoding_is_no_encoding(
+    queue: RecordingQueue, lambda_context: LocalLambdaContext
+) -> None:
+    event = post_order(json.dumps(VALID_ORDER), headers={"content-encoding": "identity"})
+
+    response = resolve(event, lambda_context)
+
+    assert response["statusCode"] == 202
+    assert len(queue.orders) == 1
 
 
 def test_oversized_body_of_another_content_type_is_413(

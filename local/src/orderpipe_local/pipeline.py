@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TextIO, runtime_checkable
 
 from orderpipe.aws import clients
-from orderpipe_local.apigw.server import HttpApi, LocalHttpApi, http_api_from_template
+from orderpipe_local.apigw.events import HttpApi, http_api_from_template
+from orderpipe_local.apigw.server import LocalHttpApi
 from orderpipe_local.config import DEFAULT_AWS_PORT, PipelineConfig, load_local_template
 from orderpipe_local.console import Console
 from orderpipe_local.environment import (

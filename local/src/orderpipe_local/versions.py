@@ -1,9 +1,10 @@
 """The exact versions of the packages whose internals the runner touches.
 
-`moto/patches.py` and `moto/endpoint.py` reach into moto's private modules, and
-`stack/template.py` into aws-sam-translator's; another version may rename or change them and
-break the pipeline loudly or, worse, silently. So the runner's own metadata pins each exactly
-(`local/pyproject.toml`, the single place to change them) and refuses to start on any other.
+`moto/patches.py` and `moto/endpoint.py` reach into moto's private modules,
+`stack/template.py` into aws-sam-translator's and `apigw/server.py` into uvicorn's (it subclasses
+its h11 protocol); another version may rename or change them and break the pipeline loudly or,
+worse, silently. So the runner's own metadata pins each exactly (`local/pyproject.toml`, the
+single place to change them) and refuses to start on any other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 
 # The distributions whose internals are touched; their exact pins come from the runner's metadata.
-TOUCHED = ("moto", "aws-sam-translator")
+TOUCHED = ("moto", "aws-sam-translator", "uvicorn")
 
 
 class VersionMismatch(RuntimeError):

@@ -1,4 +1,4 @@
-"""The runner refuses to start on a moto or aws-sam-translator other than the one it pins."""
+"""The runner refuses to start on a moto, aws-sam-translator or uvicorn other than the one it pins."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from orderpipe_local import cli, versions
 def test_the_touched_packages_are_pinned_exactly_and_installed_as_pinned() -> None:
     pins = versions.pinned_versions()
 
-    assert set(pins) == {"moto", "aws-sam-translator"}
+    assert set(pins) == {"moto", "aws-sam-translator", "uvicorn"}
     assert pins == {name: metadata.version(name) for name in pins}
     versions.check_pinned_versions()  # what make dev installs passes
 
