@@ -35,7 +35,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
-from orderpipe_local.moto.loopback_http import KeepAliveConnections
+import urllib3
+
 from orderpipe_local.moto.patches import apply_moto_patches
 from orderpipe_local.moto.wsgi_server import WsgiApp, WsgiServer
 from orderpipe_local.runtime.gc_pauses import freeze_survivors
@@ -282,7 +283,16 @@ class _Forwarder:
     _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding"})
 
     def __init__(self, url: str) -> None:
-        self._connections = KeepAliveConnections(url)
+        parsed = urllib.parse.urlsplit(url)
+        # A pool as large as the threads that may forward at once; a kept-alive connection the
+        # other end closed is opened again (one retry, no redirects: the answer goes back as is).
+        self._pool = urllib3.HTTPConnectionPool(
+            parsed.hostname or "127.0.0.1",
+            parsed.port or 80,
+            maxsize=16,
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            retries=urllib3.Retry(total=1, connect=1, read=0, redirect=False, status=0),
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -298,15 +308,17 @@ class _Forwarder:
         path = environ.get("PATH_INFO", "/") + (
             f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else ""
         )
-        answer = self._connections.request(environ["REQUEST_METHOD"], path, body, headers)
+        answer = self._pool.urlopen(
+            environ["REQUEST_METHOD"], path, body=body, headers=headers, redirect=False, decode_content=False
+        )
         start_response(
             f"{answer.status} {answer.reason}",
-            [header for header in answer.headers if header[0].lower() not in self._HOP_BY_HOP],
+            [header for header in answer.headers.items() if header[0].lower() not in self._HOP_BY_HOP],
         )
-        return [answer.body]
+        return [answer.data]
 
     def reset(self) -> None:
-        self._connections.request("POST", "/moto-api/reset")
+        self._pool.urlopen("POST", "/moto-api/reset")
 
 
 def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int:
