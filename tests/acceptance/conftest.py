@@ -8,9 +8,6 @@ CloudFormation: the API URL from its outputs, each resource by its logical id.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import boto3
 import pytest
 
-from orderpipe_local.testing import Email, RunningPipeline, start_pipeline
+from orderpipe_local.testing import Email, http_request, start_pipeline
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -46,38 +43,6 @@ class OrdersTarget(Protocol):
     def emails(self) -> list[Email] | None: ...
 
     def order_status(self, order_id: str) -> str | int: ...
-
-
-@dataclass
-class LocalTarget:
-    """`orderpipe local`, started for this session; its emails are the outbox's files."""
-
-    pipeline: RunningPipeline
-    mail_timeout: float = 20.0
-
-    @property
-    def api_url(self) -> str:
-        return self.pipeline.api_url
-
-    def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], Any]:
-        return self.pipeline.request(method, path, body, headers)
-
-    def sqs(self) -> SQSClient:
-        return self.pipeline.sqs()
-
-    def dynamodb(self) -> DynamoDBClient:
-        return self.pipeline.dynamodb()
-
-    def resource(self, logical_id: str) -> str:
-        return self.pipeline.resource(logical_id)
-
-    def emails(self) -> list[Email]:
-        return self.pipeline.emails()
-
-    def order_status(self, order_id: str) -> str | int:
-        return self.pipeline.order_status(order_id)
 
 
 @dataclass
@@ -110,20 +75,7 @@ class DeployedStack:
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], Any]:
-        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-        request = urllib.request.Request(self.api_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, response_headers, raw = response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            status, response_headers, raw = error.code, dict(error.headers), error.read()
-        try:
-            return status, response_headers, json.loads(raw)
-        except ValueError:
-            return status, response_headers, raw.decode(errors="replace")
+        return http_request(self.api_url + path, method, body, headers, timeout=30)
 
     def sqs(self) -> SQSClient:
         return self.session.client("sqs")
@@ -151,7 +103,7 @@ def target(
         yield DeployedStack.find(stack_name, request.config.getoption("region"))
         return
     running = start_pipeline(tmp_path_factory.mktemp("pipeline"))
-    yield LocalTarget(running)
+    yield running
     if running.process.poll() is None:
         assert running.terminate() == 0, running.console()
 

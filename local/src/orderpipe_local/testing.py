@@ -102,6 +102,26 @@ def orderpipe_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "orderpipe_local.cli"]
 
 
+def http_request(
+    url: str, method: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 10
+) -> tuple[int, dict[str, str], Any]:
+    """One JSON request: (status, headers, JSON body or text); a body not bytes is sent as JSON."""
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, response_headers, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, response_headers, raw = error.code, dict(error.headers), error.read()
+    try:
+        return status, response_headers, json.loads(raw)
+    except ValueError:
+        return status, response_headers, raw.decode(errors="replace")
+
+
 @dataclass
 class RunningPipeline:
     process: subprocess.Popen[bytes]
@@ -111,24 +131,14 @@ class RunningPipeline:
     state: dict[str, Any]
     output: Path
 
+    # how long an accepted order may take to be mailed (the acceptance tests' OrdersTarget)
+    mail_timeout: float = 20.0
+
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], Any]:
         """One HTTP request to the local API: (status, headers, JSON body or text)."""
-        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-        request = urllib.request.Request(self.api_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status, response_headers, raw = response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            status, response_headers, raw = error.code, dict(error.headers), error.read()
-        try:
-            return status, response_headers, json.loads(raw)
-        except ValueError:
-            return status, response_headers, raw.decode(errors="replace")
+        return http_request(self.api_url + path, method, body, headers, timeout=10)
 
     def _session(self) -> boto3.session.Session:
         return boto3.session.Session(
