@@ -19,6 +19,7 @@ class ScriptedServer(ThreadingHTTPServer):
 
     def __init__(self, script: list[tuple[int, str, bytes]]) -> None:
         self.script = script
+        self.drop_after_answer = False  # close the connection without saying so
         self.requests: list[dict[str, Any]] = []
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -36,6 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+        self.close_connection = self.server.drop_after_answer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -80,3 +82,13 @@ def test_three_server_errors_are_the_last_ones_client_error(server: ScriptedServ
 
     assert raised.value.response["Error"] == {"Code": "ServiceUnavailable", "Message": "busy"}
     assert len(server.requests) == 3
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_opened_again(server: ScriptedServer) -> None:
+    server.drop_after_answer = True
+    server.script += [(200, "application/json", b'{"Messages": []}')] * 2
+    client = api(server)
+
+    assert client.call("ReceiveMessage", QueueUrl="q") == {"Messages": []}
+    assert client.call("ReceiveMessage", QueueUrl="q") == {"Messages": []}
+    assert len(server.requests) == 2

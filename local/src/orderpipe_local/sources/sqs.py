@@ -92,7 +92,9 @@ class SqsEventSource:
 
         self._sqs: SQSClient = aws_client("sqs", endpoint_url, self.region, connections=self.concurrency + 4)
         # Receives and deletes, made for every batch, skip botocore's parsing (see JsonProtocolApi).
-        self._messages = JsonProtocolApi(endpoint_url, "AmazonSQS", "sqs", self.region)
+        self._messages = JsonProtocolApi(
+            endpoint_url, "AmazonSQS", "sqs", self.region, connections=self.concurrency + 4
+        )
         self.queue_url, queue_name = self._queue_url(stack)
         self.name = f"{function.function_id} <- {queue_name}"
 
