@@ -327,6 +327,19 @@ def test_the_server_invokes_the_function_over_one_kept_alive_connection(server: 
     connection.close()
 
 
+def test_answers_are_not_held_back_by_nagles_algorithm(server: LocalHttpApi) -> None:
+    """uvicorn writes a response's head and body apart: with Nagle on, the body waited for the
+    client's delayed ACK, 40 ms a request."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    assert request(connection, "GET", "/orders/abc")[0] == 200
+
+    assert server._server is not None
+    accepted = [c.transport.get_extra_info("socket") for c in server._server.server_state.connections]
+    assert accepted
+    assert all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in accepted)
+    connection.close()
+
+
 def test_an_unknown_route_is_api_gateways_404(server: LocalHttpApi) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
 
