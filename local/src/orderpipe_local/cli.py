@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parameter_overrides(invoke)
     invoke.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
 
+    requeue = commands.add_parser(
+        "requeue",
+        help="put what a stop left unfinished back into the running pipeline",
+        description="Put a left-over file of `orderpipe local` (written when a stop could not finish "
+        "everything) back into the running pipeline: its messages onto their queues, its orders "
+        "stored but not announced into their table. Cut short, it can be run again.",
+    )
+    requeue.add_argument("files", metavar="FILE", type=Path, nargs="+", help="left-over file(s)")
+    requeue.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+
     commands.add_parser("openapi", help="print the OpenAPI description of the HTTP API")
     return parser
 
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return _local(args)
         case "invoke":
             return _invoke(args)
+        case "requeue":
+            return _requeue(args)
         case _:
             from orderpipe.ingest import openapi_json
 
@@ -163,9 +175,11 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         aws_port=DEFAULT_AWS_PORT if getattr(args, "aws_port", None) is None else args.aws_port,
         outbox_dir=getattr(args, "outbox", None),
         parameter_overrides={
-            key: value for pairs in args.parameter_overrides for key, value in pairs.items()
+            key: value
+            for pairs in getattr(args, "parameter_overrides", None) or []
+            for key, value in pairs.items()
         },
-        env_file=args.env_file,
+        env_file=getattr(args, "env_file", None),
         state_file=args.state_file,
         function_log=getattr(args, "log_file", None),
         drain_timeout=getattr(args, "drain_timeout", 60.0),
@@ -242,6 +256,38 @@ def _invoke(args: argparse.Namespace) -> int:
         print(json.dumps(invocation.error_response(), indent=2))
         return 1
     print(json.dumps(invocation.response, indent=2, default=str))
+    return 0
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    from orderpipe_local.leftovers import Leftovers, put_back
+    from orderpipe_local.stack.template import load_template
+    from orderpipe_local.state import PipelineState
+
+    config = _config(args)
+    state = PipelineState.read(config.state_file) if config.state_file else None
+    if state is None:
+        print(
+            "orderpipe requeue: no orderpipe local is running here: start it (make run) first",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        leftovers = [(path, Leftovers.read(path)) for path in args.files]
+    except (OSError, ValueError) as error:
+        print(f"orderpipe requeue: {error}", file=sys.stderr)
+        return 2
+    template = load_template(
+        config.root / "template.yaml", overrides=state.parameters, stack_name=state.stack_name
+    )
+    stack = state.stack(template)
+    unknown = {name for _, kept in leftovers for name in (*kept.messages, *kept.items)} - set(stack.resources)
+    if unknown:
+        print(f"orderpipe requeue: the running pipeline has no {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    for path, kept in leftovers:
+        print(f"{path}: {kept.summary() or 'nothing left'}")
+        put_back(kept, stack, path, progress=lambda line: print(f"  {line}"))
     return 0
 
 

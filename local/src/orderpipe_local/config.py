@@ -30,6 +30,8 @@ class PipelineConfig:
     state_file: Path | None = None
     function_log: Path | None = None
     endpoint_log: Path | None = None
+    # Where a stop writes what it could not finish (`orderpipe_local.leftovers`).
+    leftover_dir: Path | None = None
     stack_name: str = LOCAL_STACK_NAME
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
     # Execution environments (worker processes) of each function invoked concurrently: those
@@ -48,6 +50,7 @@ class PipelineConfig:
         self.state_file = self.state_file or local / STATE_FILE
         self.function_log = self.function_log or local / "functions.log"
         self.endpoint_log = self.endpoint_log or self.function_log.parent / "moto.log"  # logs together
+        self.leftover_dir = self.leftover_dir or self.state_file.parent / "left-over"
 
 
 def load_local_template(config: PipelineConfig) -> Template:

@@ -6,7 +6,9 @@ from this one (in this one with `--workers 0`), and the template's HTTP API, eve
 mappings and email subscriptions are played by `LocalHttpApi`, the pollers and the outbox.
 
 Stopping drains: the API stops accepting first, then what it accepted is carried through the
-queue and the stream (bounded by a timeout) before the pollers and the endpoint stop.
+queue and the stream (bounded by a timeout) before the pollers and the endpoint stop. What is
+still unfinished then (messages in a queue or a DLQ, orders stored but not announced) is written
+to a left-over file that `orderpipe requeue` puts back, and the stop reports it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from orderpipe_local.environment import (
     function_environment,
     shared_environment,
 )
+from orderpipe_local.leftovers import collect, left_over_files
 from orderpipe_local.moto.endpoint import AwsEndpoint, EndpointError
 from orderpipe_local.runtime.functions import (
     Invocable,
@@ -283,6 +286,11 @@ class LocalPipeline:
         email = stack.template.parameters.get("SupportEmail", "")
         line(f"  outbox        {_relative(self.config.outbox_dir)}  (email to {email})")
         line(f"  function logs {_relative(self.config.function_log)}")
+        if self.config.leftover_dir is not None and (files := left_over_files(self.config.leftover_dir)):
+            line(
+                f"  left over     {len(files)} file(s) of what earlier stops could not finish, in"
+                f" {_relative(self.config.leftover_dir)}: `orderpipe requeue FILE` puts one back"
+            )
         line("Ctrl-C stops: the API stops accepting, what it accepted is stored and mailed, then it exits.")
 
     # --- run -----------------------------------------------------------------------------------
@@ -327,6 +335,8 @@ class LocalPipeline:
                 drained = self._endpoint_alive() and self._drain(deadline, abort)
             if not drained:
                 self.console.line("stopping before everything was drained: see the status above")
+            if self.monitor is not None and self._endpoint_alive():
+                drained = not self._keep_leftovers() and drained
         finally:
             self._shutdown()
         return drained
@@ -364,6 +374,31 @@ class LocalPipeline:
                 return False
             if abort.is_set() or time.monotonic() >= deadline:
                 return False
+
+    def _keep_leftovers(self) -> bool:
+        """Write what is unfinished to a left-over file before the endpoint's memory goes, and
+        say so. True if there was anything."""
+        assert self.stack is not None
+        assert self.config.leftover_dir is not None
+        for source in self.sources:
+            _stop_quietly(source)  # nothing takes a message meanwhile
+        for source in self.sources:
+            if isinstance(source, SqsEventSource):
+                source.return_unsettled()  # those a failed or ended invocation held: readable again
+        try:
+            leftovers = collect(self.stack)
+        except Exception as error:  # the endpoint failed meanwhile: nothing to read it from
+            self.console.line(f"could not read what is left in the endpoint: {error}")
+            return True
+        if not leftovers:
+            return False
+        path = leftovers.write(self.config.leftover_dir)
+        self.console.line(f"not finished: {leftovers.summary()}")
+        where = _relative(path)
+        self.console.line(
+            f"  kept in {where}; `orderpipe requeue {where}` puts it back into a running pipeline"
+        )
+        return True
 
     def _endpoint_alive(self) -> bool:
         return self.endpoint is not None and self.endpoint.running

@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from orderpipe_local.moto.loopback_http import JsonProtocolApi
 from orderpipe_local.runtime.functions import Invocable
 from orderpipe_local.sources.batch_response import reported_failures
@@ -103,6 +105,11 @@ class SqsEventSource:
         self._slots = threading.Semaphore(self.concurrency)
         self._lock = threading.Condition()
         self._held = 0  # messages received and not yet deleted or released
+        # Received and not deleted, by message id: their receipt handles, to make them visible
+        # again when the pipeline stops (see `return_unsettled`).
+        self._unsettled: dict[str, str] = {}
+        # Of those, the ones whose invocation failed: they wait out their visibility timeout.
+        self._awaiting_retry: set[str] = set()
         self._empty_receives = 0
         self._carry: list[dict[str, Any]] = []  # received, but over the payload limit of the last batch
         self._receiver: threading.Thread | None = None
@@ -155,13 +162,16 @@ class SqsEventSource:
             return empty and self._held == 0
 
     def drain(self, timeout: float) -> bool:
-        """Wait until no message is visible or delayed in the queue and none is being processed.
+        """Wait until the queue holds no message - visible, delayed or in flight - and none is
+        being processed here.
 
-        Messages that failed and wait out their visibility timeout do not count: they come
-        back later (or go to the DLQ), which no amount of waiting here would speed up.
+        A message whose invocation failed would wait out its visibility timeout (longer than a
+        drain): it is made visible again at once, so that its retries (and, past the queue's
+        maxReceiveCount, its move to the DLQ) happen within the drain.
         """
         deadline = time.monotonic() + timeout
         while True:
+            self._retry_failed_now()
             with self._lock:
                 receives_before = self._empty_receives
                 idle = self._held == 0
@@ -186,9 +196,45 @@ class SqsEventSource:
     def _queue_is_empty(self) -> bool:
         attributes = self._sqs.get_queue_attributes(
             QueueUrl=self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesDelayed",
+                "ApproximateNumberOfMessagesNotVisible",
+            ],
         )["Attributes"]
         return all(int(value) == 0 for value in attributes.values())
+
+    def _retry_failed_now(self) -> None:
+        with self._lock:
+            handles = {message_id: self._unsettled[message_id] for message_id in self._awaiting_retry}
+            self._awaiting_retry.clear()
+        self._make_visible(handles)
+
+    def return_unsettled(self) -> int:
+        """Make every message received here and not deleted visible again (once stopped: the
+        invocations that held them are over, or were ended). The number returned."""
+        with self._lock:
+            handles, self._unsettled = self._unsettled, {}
+            self._awaiting_retry.clear()
+        self._make_visible(handles)
+        return len(handles)
+
+    def _make_visible(self, handles: dict[str, str]) -> None:
+        entries = [
+            {"Id": str(index), "ReceiptHandle": handle} for index, handle in enumerate(handles.values())
+        ]
+        for start in range(0, len(entries), SQS_RECEIVE_LIMIT):
+            try:
+                self._messages.call(
+                    "ChangeMessageVisibilityBatch",
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        entry | {"VisibilityTimeout": 0}
+                        for entry in entries[start : start + SQS_RECEIVE_LIMIT]
+                    ],
+                )
+            except ClientError as error:  # handles that expired meanwhile: the messages came back anyway
+                log.debug("%s: could not make messages visible: %s", self.name, error)
 
     # --- receiving ------------------------------------------------------------------------
 
@@ -271,6 +317,9 @@ class SqsEventSource:
         if messages:
             with self._lock:
                 self._held += len(messages)
+                for message in messages:
+                    self._unsettled[message["MessageId"]] = message["ReceiptHandle"]
+                    self._awaiting_retry.discard(message["MessageId"])
         return messages
 
     def _drop_filtered(self, records: list[dict[str, Any]]) -> None:
@@ -313,6 +362,8 @@ class SqsEventSource:
             self.counters.add("failed", len(batch) - len(done))
             if done:
                 self._delete(done)
+            with self._lock:
+                self._awaiting_retry.update(failed)
         except Exception:
             log.exception("%s: applying the result of a batch failed", self.name)
         finally:
@@ -348,9 +399,14 @@ class SqsEventSource:
                     for index, record in enumerate(chunk)
                 ],
             )
+            failed = {int(failure["Id"]) for failure in response.get("Failed", [])}
             for failure in response.get("Failed", []):
                 message_id = chunk[int(failure["Id"])]["messageId"]
                 log.warning("%s: could not delete message %s: %s", self.name, message_id, failure)
+            with self._lock:
+                for index, record in enumerate(chunk):
+                    if index not in failed:
+                        self._unsettled.pop(record["messageId"], None)
 
     def _release(self, count: int) -> None:
         with self._lock:
