@@ -85,17 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--base", required=True, help="the commit to compare with (e.g. main~3)")
+    parser.add_argument(
+        "--base",
+        required=True,
+        help="the commit to compare with (e.g. main~3), or the folder of a checkout installed with make dev",
+    )
     parser.add_argument("--rate", type=float, default=150.0, help="orders a second (150)")
     parser.add_argument("--duration", type=float, default=60.0, help="measured seconds of each run (60)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating (1)")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="orderpipe-compare-"))
-    base_root = workdir / "base"
+    given = Path(args.base)
+    base_root = given.resolve() if (given / ".venv").is_dir() else workdir / "base"
     try:
         try:
-            base_name = checkout(args.base, base_root)
+            base_name = checkout(args.base, base_root) if base_root == workdir / "base" else given.name
         except subprocess.CalledProcessError as error:
             print(f"compare.py: cannot set up {args.base}: {error}", file=sys.stderr)
             return 2
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare.py: a run did not report: {error}", file=sys.stderr)
             return 2
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base_root)], cwd=ROOT, check=False)
+        if base_root == workdir / "base":
+            subprocess.run(["git", "worktree", "remove", "--force", str(base_root)], cwd=ROOT, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
 
     base = {key: median(runs["base"], key) for key, _, _ in FIGURES}
