@@ -32,6 +32,8 @@ class PipelineConfig:
     endpoint_log: Path | None = None
     # Where a stop writes what it could not finish (`orderpipe_local.leftovers`).
     leftover_dir: Path | None = None
+    # The endpoint's journal of accepted messages (`orderpipe_local.moto.journal`).
+    journal: Path | None = None
     stack_name: str = LOCAL_STACK_NAME
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
     # Execution environments (worker processes) of each function invoked concurrently: those
@@ -51,6 +53,7 @@ class PipelineConfig:
         self.function_log = self.function_log or local / "functions.log"
         self.endpoint_log = self.endpoint_log or self.function_log.parent / "moto.log"  # logs together
         self.leftover_dir = self.leftover_dir or self.state_file.parent / "left-over"
+        self.journal = self.journal or self.state_file.parent / "journal.jsonl"
 
 
 def load_local_template(config: PipelineConfig) -> Template:

@@ -12,7 +12,10 @@ only where the table does not hold it already.
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from orderpipe.models import OrderStatus
+from orderpipe_local.moto.journal import read_journal
 from orderpipe_local.sources.polling import aws_client
 from orderpipe_local.stack.provision import Stack
 
 LEFTOVER_DIR = "left-over"
+# An order id as the support emails show it: every id in the outbox is a mailed order's.
+_ORDER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _RECEIVE_LIMIT = 10
 _HIDDEN_WHILE_COLLECTED = 600  # seconds: each message is received once while the queue is read
 
@@ -82,6 +88,39 @@ def collect(stack: Stack) -> Leftovers:
         ):
             leftovers.items[logical_id] = items
     return leftovers
+
+
+def from_journal(journal: Path, stack: Stack, outbox_dir: Path) -> Leftovers:
+    """What the endpoint's journal (`moto.journal`) says was accepted and is not finished: every
+    message sent to one of the stack's queues, except those of orders the outbox holds an
+    email for. For when moto is gone and cannot be asked (it crashed, or the pipeline did)."""
+    queues = {
+        resource.attributes.get("QueueName", resource.ref.rpartition("/")[2]): logical_id
+        for logical_id, resource in stack.resources.items()
+        if resource.type == "AWS::SQS::Queue"
+    }
+    mailed = mailed_order_ids(outbox_dir)
+    leftovers = Leftovers()
+    for entry in read_journal(journal):
+        queue = queues.get(entry.get("queue", ""))
+        order_id = entry.get("attributes", {}).get("orderId", {}).get("StringValue")
+        if queue is None or (order_id is not None and order_id in mailed):
+            continue
+        leftovers.messages.setdefault(queue, []).append(
+            {"body": entry["body"], "attributes": entry.get("attributes", {})}
+        )
+    return leftovers
+
+
+def mailed_order_ids(outbox_dir: Path) -> set[str]:
+    """The order ids in the outbox's emails (their text, whatever its transfer encoding)."""
+    found: set[str] = set()
+    for path in outbox_dir.glob("*.eml") if outbox_dir.is_dir() else []:
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for part in message.walk():
+            if part.get_content_maintype() == "text":
+                found.update(_ORDER_ID.findall(part.get_content()))
+    return found
 
 
 def put_back(

@@ -35,7 +35,7 @@ from orderpipe_local.environment import (
     function_environment,
     shared_environment,
 )
-from orderpipe_local.leftovers import collect, left_over_files
+from orderpipe_local.leftovers import Leftovers, collect, from_journal, left_over_files
 from orderpipe_local.moto.endpoint import AwsEndpoint, EndpointError
 from orderpipe_local.runtime.functions import (
     Invocable,
@@ -105,9 +105,18 @@ class LocalPipeline:
 
     def _start(self) -> None:
         config = self.config
+        assert config.journal is not None
+        # A journal still there is a run's that did not stop (killed): read once the stack is up.
+        previous_journal = config.journal.with_name("journal.previous.jsonl")
+        if config.journal.exists():
+            config.journal.replace(previous_journal)
         # moto starts in its own process while this one reads the template.
         self.endpoint = AwsEndpoint(
-            config.aws_host, config.aws_port, config.endpoint_log, dynamodb_nice=config.background_nice
+            config.aws_host,
+            config.aws_port,
+            config.endpoint_log,
+            dynamodb_nice=config.background_nice,
+            journal=config.journal,
         )
         self.endpoint.launch()
         template = load_local_template(config)
@@ -124,6 +133,8 @@ class LocalPipeline:
         apply_environment(aws_environment(self.endpoint.url, template.region, self.endpoint.service_urls))
 
         self.stack = stack = provision_stack(template, endpoint_url=self.endpoint.url)
+        if previous_journal.exists():
+            self._keep_from_journal(previous_journal, "the last run did not stop (it was killed)")
         environments = {fid: function_environment(stack, fid, env_file) for fid in stack.functions()}
         if config.workers < 1:  # every function in this process: one environment for all
             apply_environment(shared_environment(stack, stack.functions(), env_file))
@@ -337,6 +348,9 @@ class LocalPipeline:
                 self.console.line("stopping before everything was drained: see the status above")
             if self.monitor is not None and self._endpoint_alive():
                 drained = not self._keep_leftovers() and drained
+            elif self.stack is not None and self.config.journal is not None:
+                self._keep_from_journal(self.config.journal, "the AWS endpoint (moto) is gone")
+                drained = False
         finally:
             self._shutdown()
         return drained
@@ -385,20 +399,36 @@ class LocalPipeline:
         for source in self.sources:
             if isinstance(source, SqsEventSource):
                 source.return_unsettled()  # those a failed or ended invocation held: readable again
+        assert self.config.journal is not None
         try:
             leftovers = collect(self.stack)
         except Exception as error:  # the endpoint failed meanwhile: nothing to read it from
             self.console.line(f"could not read what is left in the endpoint: {error}")
+            self._keep_from_journal(self.config.journal, "the AWS endpoint (moto) failed")
             return True
+        self.config.journal.unlink(missing_ok=True)  # what it holds is settled, or in `leftovers`
         if not leftovers:
             return False
+        self._report_leftovers(leftovers, "not finished")
+        return True
+
+    def _keep_from_journal(self, journal: Path, why: str) -> None:
+        """When moto's memory is gone: the journal's unfinished messages into a left-over file."""
+        assert self.stack is not None
+        assert self.config.outbox_dir is not None
+        leftovers = from_journal(journal, self.stack, self.config.outbox_dir)
+        if leftovers:
+            self._report_leftovers(leftovers, f"{why}; accepted and not mailed, from its journal")
+        journal.unlink(missing_ok=True)
+
+    def _report_leftovers(self, leftovers: Leftovers, heading: str) -> None:
+        assert self.config.leftover_dir is not None
         path = leftovers.write(self.config.leftover_dir)
-        self.console.line(f"not finished: {leftovers.summary()}")
+        self.console.line(f"{heading}: {leftovers.summary()}")
         where = _relative(path)
         self.console.line(
             f"  kept in {where}; `orderpipe requeue {where}` puts it back into a running pipeline"
         )
-        return True
 
     def _endpoint_alive(self) -> bool:
         return self.endpoint is not None and self.endpoint.running

@@ -4,7 +4,9 @@ requeue` puts it back into the next run, where it is carried through."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -66,7 +68,7 @@ def test_a_poison_message_ends_in_the_dlq_within_the_stop_and_survives_it(tmp_pa
     # Then its retries ran within the drain, it ended in OrdersDLQ, and the stop says where it is kept
     console = pipeline.console()
     assert exit_code == 1, console
-    assert "not finished: 1 in OrdersDLQ" in console
+    assert "not finished: 1 in OrdersDLQ" in console, console
     (kept,) = left_over_files(tmp_path)
     assert json.loads(kept.read_text())["messages"] == {
         "OrdersDLQ": [{"body": "not an order", "attributes": {}}]
@@ -127,5 +129,65 @@ def test_orders_a_stop_could_not_carry_through_are_stored_and_mailed_once_by_the
         # (the orders mailed before the stop went with the first run's table: see the README)
         carried = [order_id for order_id in accepted if order_id not in mailed_before]
         wait_until(lambda: all(again.order_status(order_id) == "NOTIFIED" for order_id in carried))
+    finally:
+        assert again.terminate(timeout=120) == 0, again.console()
+
+
+def endpoint_pid(pipeline: RunningPipeline) -> int:
+    """moto's main process (SQS, SNS; DynamoDB's is its child), a child of the pipeline."""
+    children = Path(f"/proc/{pipeline.process.pid}/task/{pipeline.process.pid}/children").read_text().split()
+    for child in children:
+        command = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"orderpipe_local.moto.endpoint" in command and b"--only-dynamodb" not in command:
+            return int(child)
+    raise AssertionError("no moto process")
+
+
+def test_after_moto_crashes_every_accepted_order_not_mailed_is_kept_from_its_journal(tmp_path: Path) -> None:
+    # Given orders accepted by the API and a queue deeper than the pipeline works off at once
+    pipeline = start_pipeline(tmp_path)
+    posted = [pipeline.request("POST", "/orders", json.loads(load_event("ingest-post-order.json")["body"]))]
+    posted += [pipeline.request("POST", "/orders", json.loads(load_event("ingest-post-order.json")["body"]))]
+    assert [status for status, _, _ in posted] == [202, 202]
+    queued = json.loads(load_event("writer-sqs-batch.json")["Records"][0]["body"])
+    accepted = [body["orderId"] for _, _, body in posted] + [str(uuid.uuid4()) for _ in range(QUEUED)]
+    sqs = pipeline.sqs()
+    for start in range(2, len(accepted), 10):
+        entries = [
+            {
+                "Id": str(index),
+                "MessageBody": json.dumps(queued | {"orderId": order_id}),
+                "MessageAttributes": {"orderId": {"DataType": "String", "StringValue": order_id}},
+            }
+            for index, order_id in enumerate(accepted[start : start + 10])
+        ]
+        assert not sqs.send_message_batch(QueueUrl=pipeline.resource("OrdersQueue"), Entries=entries).get(
+            "Failed"
+        )
+
+    # When moto is killed
+    os.kill(endpoint_pid(pipeline), signal.SIGKILL)
+    exit_code = pipeline.process.wait(120)
+
+    # Then the pipeline exits 1 and keeps every accepted order not yet mailed in a left-over file
+    console = pipeline.console()
+    mailed_before = mailed_ids(pipeline)
+    assert exit_code == 1, console
+    assert "the AWS endpoint (moto) is gone; accepted and not mailed, from its journal:" in console
+    (kept,) = left_over_files(tmp_path)
+    kept_ids = {
+        json.loads(message["body"])["orderId"]
+        for message in json.loads(kept.read_text())["messages"]["OrdersQueue"]
+    }
+    assert kept_ids == set(accepted) - set(mailed_before)
+
+    # And the next run, given the file, mails each of them once
+    again = start_pipeline(tmp_path)
+    try:
+        put_back = requeue(again, tmp_path, kept)
+        assert put_back.returncode == 0, put_back.stderr
+        wait_until(lambda: set(accepted) <= set(mailed_ids(again)), timeout=90)
+        mailed = mailed_ids(again)
+        assert sorted(order_id for order_id in mailed if order_id in accepted) == sorted(accepted)
     finally:
         assert again.terminate(timeout=120) == 0, again.console()

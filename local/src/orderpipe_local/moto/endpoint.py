@@ -37,6 +37,7 @@ from typing import IO, Any, Self
 
 import urllib3
 
+from orderpipe_local.moto.journal import MessageJournal
 from orderpipe_local.moto.patches import apply_moto_patches
 from orderpipe_local.moto.wsgi_server import WsgiApp, WsgiServer
 from orderpipe_local.runtime.gc_pauses import freeze_survivors
@@ -74,8 +75,11 @@ class AwsEndpoint:
         *,
         only_dynamodb: bool = False,
         dynamodb_nice: int = 0,
+        journal: Path | None = None,
     ) -> None:
+        """`journal`: where SQS's accepted messages are appended (`moto.journal`)."""
         self.host = host
+        self.journal = journal
         self.requested_port = port
         self.log_path = log_path
         self.only_dynamodb = only_dynamodb
@@ -128,6 +132,7 @@ class AwsEndpoint:
             str(self.requested_port),
             *(["--only-dynamodb"] if self.only_dynamodb else []),
             *(["--dynamodb-nice", str(self.dynamodb_nice)] if self.dynamodb_nice else []),
+            *(["--journal", str(self.journal)] if self.journal is not None else []),
         ]
         stderr: IO[str] | int | None = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(
@@ -232,7 +237,9 @@ class JsonProtocolRoutes:
     Flask would route them to, as moto's Flask view does. Flask's routing, request context and
     CORS hooks cost a third of moto's CPU per call; everything else goes through moto's app."""
 
-    def __init__(self, app: WsgiApp, dynamodb_url: str | None = None) -> None:
+    def __init__(
+        self, app: WsgiApp, dynamodb_url: str | None = None, journal: MessageJournal | None = None
+    ) -> None:
         from moto.core.request import Request
         from moto.dynamodb.responses import DynamoHandler
         from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
@@ -242,6 +249,7 @@ class JsonProtocolRoutes:
             from_wsgi_server = True
 
         self.app = app
+        self._journal = journal
         self._request = ServerRequest
         self._dynamodb = _Forwarder(dynamodb_url) if dynamodb_url else None
         self._handlers: dict[str, Callable[..., Any]] = {
@@ -271,6 +279,9 @@ class JsonProtocolRoutes:
         except ClientError as error:
             result = 400, {}, error.response["Error"]["Message"]
         status, headers, body = result if len(result) == 3 else (200, {}, result)
+        if self._journal is not None and status == 200 and target == "AmazonSQS":
+            answer = body.encode() if isinstance(body, str) else bytes(body)
+            self._journal.record(environ["HTTP_X_AMZ_TARGET"], request.get_data(), answer)
         response: Iterable[bytes] = Response(response=body, status=status, headers=headers)(
             environ, start_response
         )
@@ -321,7 +332,7 @@ class _Forwarder:
         self._pool.urlopen("POST", "/moto-api/reset")
 
 
-def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int:
+def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int, journal: Path | None = None) -> int:
     """The child: run moto until SIGTERM/SIGINT or until stdin closes (the parent is gone)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
@@ -346,7 +357,9 @@ def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int) -> int
 
     # moto's app as moto's own server builds it, served on connections that stay open.
     app = JsonProtocolRoutes(
-        DomainDispatcherApplication(create_backend_app), dynamodb.url if dynamodb is not None else None
+        DomainDispatcherApplication(create_backend_app),
+        dynamodb.url if dynamodb is not None else None,
+        MessageJournal(journal) if journal is not None else None,
     )
     try:
         server = WsgiServer(app, host, port)
@@ -409,13 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         "--only-dynamodb", action="store_true", help="the second moto (DynamoDB and its streams)"
     )
     parser.add_argument("--dynamodb-nice", type=int, default=0, help="niceness of the DynamoDB moto")
+    parser.add_argument("--journal", type=Path, help="append the messages SQS accepts to this file")
     args = parser.parse_args(argv)
     try:
         check_pinned_versions()
     except VersionMismatch as error:
         print(error, file=sys.stderr)
         return 2
-    return _serve(args.host, args.port, args.only_dynamodb, args.dynamodb_nice)
+    return _serve(args.host, args.port, args.only_dynamodb, args.dynamodb_nice, args.journal)
 
 
 if __name__ == "__main__":
