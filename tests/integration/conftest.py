@@ -25,14 +25,20 @@ def template() -> Template:
 def stack(template: Template, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """A fresh moto account holding the template's queues, tables and topics.
 
-    The environment holds every function's variables as the template sets them.
+    The environment holds every function's variables as the template sets them: one
+    environment for all, so a variable that two functions set differently would leave one of
+    them tested with the other's value; that is refused here.
     """
     with mock_aws():
         created = provision_stack(template)
+        environment: dict[str, tuple[str, str]] = {}
         for function_id in created.functions():
             for name, value in created.function_environment(function_id).items():
-                if name != "POWERTOOLS_SERVICE_NAME":
-                    monkeypatch.setenv(name, value)
+                if name == "POWERTOOLS_SERVICE_NAME":
+                    continue
+                first_id, first_value = environment.setdefault(name, (function_id, value))
+                assert value == first_value, f"{name} differs between {first_id} and {function_id}"
+                monkeypatch.setenv(name, value)
         clients.reset()
         yield created
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from samtranslator.yaml_helper import yaml_parse
 
+from orderpipe.settings import Settings, aws_call_budget
 from orderpipe_local.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
 from orderpipe_local.testing import ROOT
 
@@ -526,6 +527,71 @@ def test_function_environment(template: Template, function_id: str) -> None:
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "Orderpipe"
     for name, value in EXPECTED_ENVIRONMENT[function_id].items():
         assert variables[name] == value, name
+
+
+# --- Timeouts: the handler, not Lambda, decides what failed ---------------------------------------
+
+# Kept for what the handler does besides waiting on AWS (parsing, logging, flushing metrics).
+HANDLER_MARGIN_SECONDS = 1.0
+
+
+def function_settings(template: Template, function_id: str) -> Settings:
+    """The function's settings from the values the template gives (references left out)."""
+    variables = properties(template, function_id)["Environment"]["Variables"]
+    return Settings.model_validate(
+        {name: value for name, value in variables.items() if isinstance(value, str)}
+    )
+
+
+def test_a_call_budget_is_every_attempt_waiting_out_both_timeouts_plus_each_backoff() -> None:
+    # botocore's standard mode sleeps rand(0, 1) * 2 ** (attempt - 1) s before each retry
+    assert aws_call_budget(0.5, 0.5, 1) == 1.0
+    assert aws_call_budget(0.5, 0.5, 2) == 2 * 1.0 + 1
+    assert aws_call_budget(1, 2, 3) == 3 * 3 + 1 + 2
+
+
+def test_post_with_an_idempotency_key_answers_inside_the_ingest_timeout(template: Template) -> None:
+    # Given the longest a POST can wait on AWS: the idempotency record (PutItem), SendMessage,
+    # then the record completed (UpdateItem) or released (DeleteItem), each at its worst
+    current = function_settings(template, "IngestFunction")
+    worst = 3 * current.aws_call_budget_seconds
+
+    # Then the handler answers (503 and Retry-After) before Lambda would end it
+    assert worst + HANDLER_MARGIN_SECONDS <= properties(template, "IngestFunction")["Timeout"]
+
+
+def test_a_writer_call_fits_inside_the_writer_timeout(template: Template) -> None:
+    # A batch runs one PutItem per record; should a stalled table make a whole batch outlast the
+    # Timeout, its messages come back after the visibility timeout and are stored once.
+    current = function_settings(template, "WriterFunction")
+
+    assert (
+        current.aws_call_budget_seconds + HANDLER_MARGIN_SECONDS
+        <= properties(template, "WriterFunction")["Timeout"]
+    )
+
+
+def test_sns_waits_longer_than_dynamodb_and_sqs_but_well_inside_the_notifier_timeout(
+    template: Template,
+) -> None:
+    current = function_settings(template, "NotifierFunction")
+
+    assert current.SNS_READ_TIMEOUT_SECONDS >= current.AWS_READ_TIMEOUT_SECONDS
+    assert current.sns_publish_budget_seconds <= properties(template, "NotifierFunction")["Timeout"] / 3
+
+
+def test_settings_default_to_the_templates_timeouts(template: Template) -> None:
+    # So that tests and local runs without the template's environment keep its budget
+    defaults = Settings()
+    for function_id in FUNCTIONS:
+        current = function_settings(template, function_id)
+        assert current.AWS_CONNECT_TIMEOUT_SECONDS == defaults.AWS_CONNECT_TIMEOUT_SECONDS
+        assert current.AWS_READ_TIMEOUT_SECONDS == defaults.AWS_READ_TIMEOUT_SECONDS
+        assert current.AWS_MAX_ATTEMPTS == defaults.AWS_MAX_ATTEMPTS
+    assert (
+        function_settings(template, "NotifierFunction").SNS_READ_TIMEOUT_SECONDS
+        == defaults.SNS_READ_TIMEOUT_SECONDS
+    )
 
 
 def test_outputs_name_the_api_queues_table_and_topic(template: Template) -> None:
