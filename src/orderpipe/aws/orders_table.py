@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.models import Order, OrderStatus, utc_timestamp
 
@@ -56,6 +56,8 @@ class OrdersTable:
             if _is_conditional_check_failure(error):
                 return False
             raise StorageError(f"could not store order {order.order_id}") from error
+        except BotoCoreError as error:
+            raise StorageError(f"could not store order {order.order_id}") from error
         return True
 
     def get_order(self, order_id: str) -> Order | None:
@@ -63,7 +65,7 @@ class OrdersTable:
             response = self.client.get_item(
                 TableName=self.table_name, Key={"orderId": {"S": order_id}}, ConsistentRead=True
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             raise StorageError(f"could not read order {order_id}") from error
         item = response.get("Item")
         return Order.model_validate(from_attribute_values(item)) if item else None
@@ -83,7 +85,7 @@ class OrdersTable:
             while request:
                 try:
                     response = self.client.batch_get_item(RequestItems=request)
-                except ClientError as error:
+                except (ClientError, BotoCoreError) as error:
                     raise StorageError("could not read notification status") from error
                 for item in response.get("Responses", {}).get(self.table_name, []):
                     if item.get("status", {}).get("S") == OrderStatus.NOTIFIED:
@@ -98,6 +100,8 @@ class OrdersTable:
         except ClientError as error:
             if _is_conditional_check_failure(error):
                 return False
+            raise StorageError(f"could not mark order {order_id} notified") from error
+        except BotoCoreError as error:
             raise StorageError(f"could not mark order {order_id} notified") from error
         return True
 
