@@ -8,6 +8,7 @@ what SAM generates (event source mappings, roles, the HTTP API's stage), not jus
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from samtranslator.yaml_helper import yaml_parse
 
+from orderpipe.notifier import SAFETY_MARGIN_SECONDS
 from orderpipe.settings import Settings, aws_call_budget
 from orderpipe_local.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
 from orderpipe_local.testing import ROOT
@@ -261,6 +263,12 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "NotifiedOrdersNotMarked",
         {"service": "notifier", "stage": ref("Stage")},
     ),
+    # An email SNS did not confirm: counted as sent, someone should check the mailbox.
+    "SupportEmailsUnconfirmedAlarm": (
+        "Orderpipe",
+        "SupportEmailsUnconfirmed",
+        {"service": "notifier", "stage": ref("Stage")},
+    ),
 }
 
 
@@ -284,10 +292,11 @@ def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
         assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
 
 
-def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template) -> None:
+@pytest.mark.parametrize("alarm_id", ["NotifiedOrdersNotMarkedAlarm", "SupportEmailsUnconfirmedAlarm"])
+def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template, alarm_id: str) -> None:
     # Given the notifier's metrics namespace and service name, as the template sets them
     variables = properties(template, "NotifierFunction")["Environment"]["Variables"]
-    alarm = properties(template, "NotifiedOrdersNotMarkedAlarm")
+    alarm = properties(template, alarm_id)
 
     # Then the alarm reads the metric where Powertools writes it, and the notifier emits it
     assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
@@ -455,7 +464,7 @@ def test_dashboard_shows_every_custom_metric_the_functions_emit(
     }
 
     # Then they are exactly those: none missing, none that nothing emits
-    assert len(emitted) == 10
+    assert len(emitted) == 11
     assert custom == emitted
 
 
@@ -569,6 +578,20 @@ def test_a_writer_call_fits_inside_the_writer_timeout(template: Template) -> Non
         current.aws_call_budget_seconds + HANDLER_MARGIN_SECONDS
         <= properties(template, "WriterFunction")["Timeout"]
     )
+
+
+def test_a_default_notifier_batch_is_read_mailed_and_marked_inside_the_notifier_timeout(
+    template: Template, sam_parameters: dict[str, dict[str, Any]]
+) -> None:
+    # Given a batch of the default size: its statuses read (BatchGetItem, 100 keys a request),
+    # one email published, its orders marked (TransactWriteItems, 100 a request)
+    current = function_settings(template, "NotifierFunction")
+    requests = math.ceil(int(sam_parameters["NotifierBatchSize"]["Default"]) / 100)
+    worst = 2 * requests * current.aws_call_budget_seconds + current.sns_publish_budget_seconds
+
+    # Then it all fits, with the notifier's own margin; larger batches publish while it fits
+    # (the notifier checks before each email) and leave the rest to Lambda's retry
+    assert worst + SAFETY_MARGIN_SECONDS <= properties(template, "NotifierFunction")["Timeout"]
 
 
 def test_sns_waits_longer_than_dynamodb_and_sqs_but_well_inside_the_notifier_timeout(
