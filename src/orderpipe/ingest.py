@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
@@ -196,6 +197,10 @@ def check_order_body(event: APIGatewayProxyEventV2) -> dict[str, Any]:
 # --- Accepting an order ----------------------------------------------------------------------
 
 
+# Namespace of the order ids derived from an Idempotency-Key and an order (uuid5).
+KEYED_ORDER_NAMESPACE = uuid.UUID("5b0e6f3c-8d1a-4e2b-9c47-0a3f5d6e7b81")
+
+
 class KeyedOrderRequest(BaseModel):
     """What the idempotency record is about: the key and the order in canonical form.
 
@@ -207,6 +212,17 @@ class KeyedOrderRequest(BaseModel):
 
     idempotency_key: str
     order: OrderRequest
+
+    def order_id(self) -> str:
+        """The same for every attempt of this request, so a retry whose first attempt reached SQS
+        unseen (its answer lost, or Lambda ended it) queues the same orderId, stored once.
+
+        From the key and the order, not the key alone: a different order under a used key is
+        refused (422) while the idempotency record lives, and must never be taken, after it, for
+        a copy of the first one.
+        """
+        canonical = json.dumps(self.order.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return str(uuid.uuid5(KEYED_ORDER_NAMESPACE, f"{self.idempotency_key}\n{canonical}"))
 
 
 def _count_replay(response: Any, idempotent_data: DataRecord) -> Any:
@@ -227,9 +243,10 @@ _idempotency_config = IdempotencyConfig(
 
 
 @tracer.capture_method
-def accept_order(request: OrderRequest) -> OrderAccepted:
-    """Give the order its id and put it on OrdersQueue; it is accepted once SQS has it."""
-    order = Order.accept(request)
+def accept_order(request: OrderRequest, order_id: str | None = None) -> OrderAccepted:
+    """Give the order its id (a new one unless given) and put it on OrdersQueue; it is accepted
+    once SQS has it."""
+    order = Order.accept(request, order_id=order_id)
     logger.set_correlation_id(order.order_id)
     clients.orders_queue().enqueue(order)
     logger.info("order accepted", extra={"order_id": order.order_id, "items": len(order.items)})
@@ -238,7 +255,7 @@ def accept_order(request: OrderRequest) -> OrderAccepted:
 
 
 def _accept_keyed_order(keyed: KeyedOrderRequest) -> OrderAccepted:
-    return accept_order(keyed.order)
+    return accept_order(keyed.order, order_id=keyed.order_id())
 
 
 @tracer.capture_method

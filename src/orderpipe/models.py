@@ -218,10 +218,12 @@ class Order(OrderRequest):
         return sum((item.line_total for item in self.items), Decimal("0"))
 
     @classmethod
-    def accept(cls, request: OrderRequest, *, now: datetime | None = None) -> Self:
+    def accept(
+        cls, request: OrderRequest, *, now: datetime | None = None, order_id: str | None = None
+    ) -> Self:
         return cls(
             **dict(request),
-            order_id=new_order_id(),
+            order_id=order_id or new_order_id(),
             created_at=now or datetime.now(UTC),
         )
 
@@ -252,7 +254,9 @@ class ErrorResponse(WireModel):
     errors: list[ErrorDetail] | None = None
 
 
-_ORDER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+# Any UUID in canonical form: a new order's is random (version 4), a keyed order's is derived
+# from its Idempotency-Key and body (version 5).
+_ORDER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def new_order_id() -> str:

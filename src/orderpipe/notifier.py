@@ -6,17 +6,26 @@ bisects, and finally parks its metadata in NotifierDLQ). Anything but an INSERT 
 our own PLACED -> NOTIFIED update comes back as a MODIFY.
 
 Per batch: skip the orders already NOTIFIED (a retried batch), publish one email (or the parts
-SNS's size limit forces) for the rest, then mark each announced order NOTIFIED.
-- Publishing fails: nothing of that email is marked and the invocation fails, so Lambda
-  retries the records (bisecting); emails already sent for earlier parts are marked first,
-  so the retry does not send them again.
+SNS's size limit forces) for the rest, and mark each email's orders NOTIFIED as soon as it is
+out, so that whatever happens next, a retry leaves them out.
+- SNS refuses the email or cannot be reached: nothing of that email is marked and the
+  invocation fails, so Lambda retries the records (bisecting); the parts already sent stay out.
+- SNS does not answer (read timeout, dropped connection): the email most likely went out, and
+  a standard topic cannot drop a second copy. It is counted as sent: its orders are marked,
+  logged and counted (SupportEmailsUnconfirmed, alarmed) for someone to check the mailbox; the
+  invocation then fails so the rest of the batch is retried later.
+- Not enough time left for the next email and its marking: the invocation fails before
+  publishing it, rather than Lambda ending it between a publish and its marking.
 - Marking fails after the email went out: the order is logged and counted
   (NotifiedOrdersNotMarked) but its record still succeeds, as retrying it would mail it twice.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +37,43 @@ from aws_lambda_powertools.utilities.parser.models import (
 from pydantic import model_validator
 
 from orderpipe.aws import clients
+from orderpipe.aws.orders_table import TRANSACTION_LIMIT
+from orderpipe.aws.orders_topic import PublishOutcomeUnknown, TopicUnavailable
 from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
+from orderpipe.settings import settings
 from orderpipe.support_email import render_support_emails
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
     from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from orderpipe.support_email import SupportEmail
+
+# Kept back from the function's Timeout for what follows the last AWS call: the partial batch
+# response, flushing metrics and logs.
+SAFETY_MARGIN_SECONDS = 1.0
+
+
+class NotEnoughTime(TopicUnavailable):
+    """The next email and its marking might not finish before the function's Timeout."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the invocation must be done with AWS calls (monotonic clock)."""
+
+    at: float
+
+    @classmethod
+    def of(cls, context: LambdaContext | None) -> Deadline:
+        if context is None:
+            return cls(math.inf)
+        return cls(time.monotonic() + context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_SECONDS)
+
+    def allows(self, seconds: float) -> bool:
+        return time.monotonic() + seconds <= self.at
 
 
 class OrderChange(DynamoDBStreamChangedRecordModel):
@@ -86,9 +124,11 @@ def new_order_of(record: OrderStreamRecord) -> Order | None:
 
 
 @tracer.capture_method(capture_response=False)
-def announce_new_orders(orders: Sequence[Order]) -> list[str]:
-    """Email support about the orders not yet NOTIFIED, then mark them; returns the ids announced."""
+def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = None) -> list[str]:
+    """Email support about the orders not yet NOTIFIED, marking each email's orders as soon as it
+    is out; returns the ids announced."""
     logger.set_correlation_id(None)  # batch-level logs; per-order ones set the order id
+    deadline = deadline or Deadline(math.inf)
     unique = list({order.order_id: order for order in orders if order.status == OrderStatus.PLACED}.values())
     if not unique:
         return []
@@ -103,35 +143,50 @@ def announce_new_orders(orders: Sequence[Order]) -> list[str]:
     announced: list[str] = []
     topic = clients.orders_topic()
     for email in render_support_emails(to_announce):
-        # TopicUnavailable propagates once the orders of the parts already sent are marked.
+        log_fields = {"subject": email.subject, "order_ids": list(email.order_ids)}
+        if not deadline.allows(_time_to_send(email)):
+            logger.warning(
+                "Not enough time left to send the next support email; Lambda retries it", extra=log_fields
+            )
+            raise NotEnoughTime(f"not enough time left to publish {email.subject!r} and mark its orders")
         try:
             message_id = topic.publish(email)
+        except PublishOutcomeUnknown:
+            # Most likely sent: count it as sent, so that no retry mails these orders again.
+            logger.exception(
+                "Support email unconfirmed: SNS did not answer; counted as sent, check the mailbox",
+                extra=log_fields,
+            )
+            metrics.add_metric(name="SupportEmailsUnconfirmed", unit=MetricUnit.Count, value=1)
+            _mark_notified(email.order_ids, deadline)
+            raise
         except Exception:
             logger.exception(
-                "Support email not sent; the batch fails so that Lambda retries it",
-                extra={"subject": email.subject, "order_ids": list(email.order_ids)},
+                "Support email not sent; the batch fails so that Lambda retries it", extra=log_fields
             )
-            _mark_notified(announced)
             raise
         metrics.add_metric(name="SupportEmailsSent", unit=MetricUnit.Count, value=1)
-        logger.info(
-            "Support email sent",
-            extra={
-                "sns_message_id": message_id,
-                "subject": email.subject,
-                "order_ids": list(email.order_ids),
-            },
-        )
+        logger.info("Support email sent", extra={"sns_message_id": message_id, **log_fields})
+        _mark_notified(email.order_ids, deadline)
         announced.extend(email.order_ids)
-    _mark_notified(announced)
     return announced
 
 
-def _mark_notified(order_ids: Sequence[str]) -> None:
+def _time_to_send(email: SupportEmail) -> float:
+    """The longest a publish and the marking of its orders can take (a transaction per 100)."""
+    current = settings()
+    transactions = math.ceil(len(email.order_ids) / TRANSACTION_LIMIT)
+    return current.sns_publish_budget_seconds + transactions * current.aws_call_budget_seconds
+
+
+def _mark_notified(order_ids: Sequence[str], deadline: Deadline) -> None:
     if not order_ids:
         return
     metrics.add_metric(name="OrdersNotified", unit=MetricUnit.Count, value=len(order_ids))
-    result = clients.orders_table().mark_all_notified(order_ids, at=datetime.now(UTC))
+    call_budget = settings().aws_call_budget_seconds
+    result = clients.orders_table().mark_all_notified(
+        order_ids, at=datetime.now(UTC), time_for_a_request=lambda: deadline.allows(call_budget)
+    )
     for order_id in result.failed:
         # Retrying the record would email the order a second time; leave it PLACED instead.
         logger.set_correlation_id(order_id)
@@ -150,11 +205,12 @@ def notify_support(event: dict[str, Any], context: LambdaContext | None = None) 
     processor = StreamBatchProcessor(  # one per batch: it holds the batch's outcomes
         event_type=EventType.DynamoDBStreams, model=OrderStreamRecord, raise_on_entire_batch_failure=False
     )
+    deadline = Deadline.of(context)
     try:
         with processor(records=event.get("Records", []), handler=new_order_of, lambda_context=context):
             outcomes = processor.process()
         new_orders = [result for status, result, _ in outcomes if status == "success" and result is not None]
-        announce_new_orders(new_orders)
+        announce_new_orders(new_orders, deadline)
         return processor.response()
     finally:
         logger.set_correlation_id(None)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from functools import cache
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# botocore's standard retry mode waits rand(0, 1) * min(2 ** (attempt - 1), 20) seconds before
+# each retry (botocore.retries.standard.ExponentialBackoff).
+_MAX_BACKOFF_SECONDS = 20
 
 
 class MissingSetting(RuntimeError):
@@ -21,6 +25,14 @@ class Settings(BaseModel):
     ORDERS_TABLE_NAME: str = ""
     IDEMPOTENCY_TABLE_NAME: str = ""
     ORDERS_TOPIC_ARN: str = ""
+    # Every AWS call must end, answered or failed, well inside the function's Timeout, so that
+    # the handler (not a Lambda timeout) decides what failed. The template sets these per stage;
+    # the defaults are its values.
+    AWS_CONNECT_TIMEOUT_SECONDS: float = Field(default=0.5, gt=0)
+    AWS_READ_TIMEOUT_SECONDS: float = Field(default=0.5, gt=0)
+    AWS_MAX_ATTEMPTS: int = Field(default=2, ge=1, le=10)  # the first attempt and the retries
+    # SNS Publish is never retried by the client: a retry after a lost answer is a second email.
+    SNS_READ_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
 
     def require(self, name: str) -> str:
         value: str = getattr(self, name)
@@ -43,6 +55,28 @@ class Settings(BaseModel):
     @property
     def orders_topic_arn(self) -> str:
         return self.require("ORDERS_TOPIC_ARN")
+
+    @property
+    def aws_call_budget_seconds(self) -> float:
+        """The longest one DynamoDB or SQS call can take, retries and backoff included."""
+        return aws_call_budget(
+            self.AWS_CONNECT_TIMEOUT_SECONDS, self.AWS_READ_TIMEOUT_SECONDS, self.AWS_MAX_ATTEMPTS
+        )
+
+    @property
+    def sns_publish_budget_seconds(self) -> float:
+        """The longest one SNS Publish can take: one attempt."""
+        return aws_call_budget(self.AWS_CONNECT_TIMEOUT_SECONDS, self.SNS_READ_TIMEOUT_SECONDS, 1)
+
+
+def aws_call_budget(connect_timeout: float, read_timeout: float, max_attempts: int) -> float:
+    """Each attempt may wait out both timeouts, and each retry its longest backoff.
+
+    A read timeout bounds each wait for the next bytes of the answer, not the whole answer: an
+    endpoint that trickles bytes could take longer, one that stalls cannot.
+    """
+    backoff = sum(min(2.0 ** (retry - 1), _MAX_BACKOFF_SECONDS) for retry in range(1, max_attempts))
+    return max_attempts * (connect_timeout + read_timeout) + backoff
 
 
 @cache

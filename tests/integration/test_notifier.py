@@ -25,10 +25,9 @@ from orderpipe_local.stack.provision import Stack
 from orderpipe_local.stack.template import Template
 from orderpipe_local.testing import load_event
 from tests.integration.aws_faults import fail_calls
-from tests.integration.conftest import handler_of
+from tests.integration.conftest import Email, handler_of
 
 Handler = Callable[[dict[str, Any], Any], Any]
-Email = tuple[str, str]
 
 ADA = "3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51"
 GRACE = "8d2e4f10-6a3b-4d7c-a5e9-2c1b0f9e8d73"
@@ -38,28 +37,6 @@ ZOE = "c41a9b27-5e8f-4a06-b3d2-91f7e6c5a048"
 @pytest.fixture
 def notifier(stack: Stack, template: Template) -> Handler:
     return handler_of(template, "NotifierFunction")
-
-
-@pytest.fixture
-def inbox(stack: Stack) -> Callable[[], list[Email]]:
-    """An SQS queue subscribed to OrdersTopic; calling it returns the emails published since."""
-    sqs = boto3.client("sqs")
-    queue_url = sqs.create_queue(QueueName="support-inbox")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    boto3.client("sns").subscribe(TopicArn=stack.ref("OrdersTopic"), Protocol="sqs", Endpoint=queue_arn)
-
-    def emails() -> list[Email]:
-        received: list[Email] = []
-        while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages"):
-            for message in messages:
-                envelope = json.loads(message["Body"])
-                received.append((envelope["Subject"], envelope["Message"]))
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-        return received
-
-    return emails
 
 
 def store_inserted_orders(stack: Stack, event: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ what SAM generates (event source mappings, roles, the HTTP API's stage), not jus
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 from samtranslator.yaml_helper import yaml_parse
 
+from orderpipe.notifier import SAFETY_MARGIN_SECONDS
+from orderpipe.settings import Settings, aws_call_budget
 from orderpipe_local.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
 from orderpipe_local.testing import ROOT
 
@@ -260,6 +263,12 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "NotifiedOrdersNotMarked",
         {"service": "notifier", "stage": ref("Stage")},
     ),
+    # An email SNS did not confirm: counted as sent, someone should check the mailbox.
+    "SupportEmailsUnconfirmedAlarm": (
+        "Orderpipe",
+        "SupportEmailsUnconfirmed",
+        {"service": "notifier", "stage": ref("Stage")},
+    ),
 }
 
 
@@ -283,10 +292,11 @@ def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
         assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
 
 
-def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template) -> None:
+@pytest.mark.parametrize("alarm_id", ["NotifiedOrdersNotMarkedAlarm", "SupportEmailsUnconfirmedAlarm"])
+def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template, alarm_id: str) -> None:
     # Given the notifier's metrics namespace and service name, as the template sets them
     variables = properties(template, "NotifierFunction")["Environment"]["Variables"]
-    alarm = properties(template, "NotifiedOrdersNotMarkedAlarm")
+    alarm = properties(template, alarm_id)
 
     # Then the alarm reads the metric where Powertools writes it, and the notifier emits it
     assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
@@ -454,7 +464,7 @@ def test_dashboard_shows_every_custom_metric_the_functions_emit(
     }
 
     # Then they are exactly those: none missing, none that nothing emits
-    assert len(emitted) == 10
+    assert len(emitted) == 11
     assert custom == emitted
 
 
@@ -526,6 +536,85 @@ def test_function_environment(template: Template, function_id: str) -> None:
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "Orderpipe"
     for name, value in EXPECTED_ENVIRONMENT[function_id].items():
         assert variables[name] == value, name
+
+
+# --- Timeouts: the handler, not Lambda, decides what failed ---------------------------------------
+
+# Kept for what the handler does besides waiting on AWS (parsing, logging, flushing metrics).
+HANDLER_MARGIN_SECONDS = 1.0
+
+
+def function_settings(template: Template, function_id: str) -> Settings:
+    """The function's settings from the values the template gives (references left out)."""
+    variables = properties(template, function_id)["Environment"]["Variables"]
+    return Settings.model_validate(
+        {name: value for name, value in variables.items() if isinstance(value, str)}
+    )
+
+
+def test_a_call_budget_is_every_attempt_waiting_out_both_timeouts_plus_each_backoff() -> None:
+    # botocore's standard mode sleeps rand(0, 1) * 2 ** (attempt - 1) s before each retry
+    assert aws_call_budget(0.5, 0.5, 1) == 1.0
+    assert aws_call_budget(0.5, 0.5, 2) == 2 * 1.0 + 1
+    assert aws_call_budget(1, 2, 3) == 3 * 3 + 1 + 2
+
+
+def test_post_with_an_idempotency_key_answers_inside_the_ingest_timeout(template: Template) -> None:
+    # Given the longest a POST can wait on AWS: the idempotency record (PutItem), SendMessage,
+    # then the record completed (UpdateItem) or released (DeleteItem), each at its worst
+    current = function_settings(template, "IngestFunction")
+    worst = 3 * current.aws_call_budget_seconds
+
+    # Then the handler answers (503 and Retry-After) before Lambda would end it
+    assert worst + HANDLER_MARGIN_SECONDS <= properties(template, "IngestFunction")["Timeout"]
+
+
+def test_a_writer_call_fits_inside_the_writer_timeout(template: Template) -> None:
+    # A batch runs one PutItem per record; should a stalled table make a whole batch outlast the
+    # Timeout, its messages come back after the visibility timeout and are stored once.
+    current = function_settings(template, "WriterFunction")
+
+    assert (
+        current.aws_call_budget_seconds + HANDLER_MARGIN_SECONDS
+        <= properties(template, "WriterFunction")["Timeout"]
+    )
+
+
+def test_a_default_notifier_batch_is_read_mailed_and_marked_inside_the_notifier_timeout(
+    template: Template, sam_parameters: dict[str, dict[str, Any]]
+) -> None:
+    # Given a batch of the default size: its statuses read (BatchGetItem, 100 keys a request),
+    # one email published, its orders marked (TransactWriteItems, 100 a request)
+    current = function_settings(template, "NotifierFunction")
+    requests = math.ceil(int(sam_parameters["NotifierBatchSize"]["Default"]) / 100)
+    worst = 2 * requests * current.aws_call_budget_seconds + current.sns_publish_budget_seconds
+
+    # Then it all fits, with the notifier's own margin; larger batches publish while it fits
+    # (the notifier checks before each email) and leave the rest to Lambda's retry
+    assert worst + SAFETY_MARGIN_SECONDS <= properties(template, "NotifierFunction")["Timeout"]
+
+
+def test_sns_waits_longer_than_dynamodb_and_sqs_but_well_inside_the_notifier_timeout(
+    template: Template,
+) -> None:
+    current = function_settings(template, "NotifierFunction")
+
+    assert current.SNS_READ_TIMEOUT_SECONDS >= current.AWS_READ_TIMEOUT_SECONDS
+    assert current.sns_publish_budget_seconds <= properties(template, "NotifierFunction")["Timeout"] / 3
+
+
+def test_settings_default_to_the_templates_timeouts(template: Template) -> None:
+    # So that tests and local runs without the template's environment keep its budget
+    defaults = Settings()
+    for function_id in FUNCTIONS:
+        current = function_settings(template, function_id)
+        assert current.AWS_CONNECT_TIMEOUT_SECONDS == defaults.AWS_CONNECT_TIMEOUT_SECONDS
+        assert current.AWS_READ_TIMEOUT_SECONDS == defaults.AWS_READ_TIMEOUT_SECONDS
+        assert current.AWS_MAX_ATTEMPTS == defaults.AWS_MAX_ATTEMPTS
+    assert (
+        function_settings(template, "NotifierFunction").SNS_READ_TIMEOUT_SECONDS
+        == defaults.SNS_READ_TIMEOUT_SECONDS
+    )
 
 
 def test_outputs_name_the_api_queues_table_and_topic(template: Template) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.models import Order
 
@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
 
 class QueueUnavailable(RuntimeError):
-    """SQS did not take the message: the order was not accepted and the client may retry."""
+    """SQS refused the message, or did not answer in time: the client may retry.
+
+    Without an answer SQS may still have the message; a retry with the same Idempotency-Key
+    sends the same orderId, which the writer stores once.
+    """
 
 
 class OrdersQueue:
@@ -30,6 +34,6 @@ class OrdersQueue:
                 MessageBody=order.to_message(),
                 MessageAttributes={"orderId": {"DataType": "String", "StringValue": order.order_id}},
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:  # an answer, or none (timeouts, connection)
             raise QueueUnavailable(f"could not enqueue order {order.order_id}") from error
         return response["MessageId"]

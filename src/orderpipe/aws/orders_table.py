@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.models import Order, OrderStatus, utc_timestamp
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 _BATCH_GET_LIMIT = 100  # keys per BatchGetItem request
-_TRANSACTION_LIMIT = 100  # actions per TransactWriteItems request
+TRANSACTION_LIMIT = 100  # actions per TransactWriteItems request
 
 
 class StorageError(RuntimeError):
@@ -56,6 +56,8 @@ class OrdersTable:
             if _is_conditional_check_failure(error):
                 return False
             raise StorageError(f"could not store order {order.order_id}") from error
+        except BotoCoreError as error:
+            raise StorageError(f"could not store order {order.order_id}") from error
         return True
 
     def get_order(self, order_id: str) -> Order | None:
@@ -63,7 +65,7 @@ class OrdersTable:
             response = self.client.get_item(
                 TableName=self.table_name, Key={"orderId": {"S": order_id}}, ConsistentRead=True
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             raise StorageError(f"could not read order {order_id}") from error
         item = response.get("Item")
         return Order.model_validate(from_attribute_values(item)) if item else None
@@ -83,7 +85,7 @@ class OrdersTable:
             while request:
                 try:
                     response = self.client.batch_get_item(RequestItems=request)
-                except ClientError as error:
+                except (ClientError, BotoCoreError) as error:
                     raise StorageError("could not read notification status") from error
                 for item in response.get("Responses", {}).get(self.table_name, []):
                     if item.get("status", {}).get("S") == OrderStatus.NOTIFIED:
@@ -99,23 +101,39 @@ class OrdersTable:
             if _is_conditional_check_failure(error):
                 return False
             raise StorageError(f"could not mark order {order_id} notified") from error
+        except BotoCoreError as error:
+            raise StorageError(f"could not mark order {order_id} notified") from error
         return True
 
-    def mark_all_notified(self, order_ids: Sequence[str], at: datetime | None = None) -> MarkedOrders:
+    def mark_all_notified(
+        self,
+        order_ids: Sequence[str],
+        at: datetime | None = None,
+        *,
+        time_for_a_request: Callable[[], bool] = lambda: True,
+    ) -> MarkedOrders:
         """PLACED -> NOTIFIED for many orders, a transaction of up to 100 per request.
 
-        A batch of 500 orders takes 5 requests, not 500. Should a transaction be refused (one
-        order no longer PLACED, a throttle), its orders are marked one by one instead.
+        A batch of 500 orders takes 5 requests, not 500. Should a transaction fail (one order no
+        longer PLACED, a throttle, no answer), its orders are marked one by one instead, for as
+        long as `time_for_a_request()` says another request fits; the rest are `failed`.
+        Never raises: the caller has sent the email, and must not be made to send it again.
         """
         at = at or datetime.now(UTC)
         result = MarkedOrders()
-        for chunk in _chunks(list(dict.fromkeys(order_ids)), _TRANSACTION_LIMIT):
+        for chunk in _chunks(list(dict.fromkeys(order_ids)), TRANSACTION_LIMIT):
+            if not time_for_a_request():
+                result.failed.extend(chunk)
+                continue
             try:
                 self.client.transact_write_items(
                     TransactItems=[{"Update": self._notified_update(order_id, at)} for order_id in chunk]
                 )
-            except ClientError:
+            except (ClientError, BotoCoreError):
                 for order_id in chunk:
+                    if not time_for_a_request():
+                        result.failed.append(order_id)
+                        continue
                     try:
                         marked = self.mark_notified(order_id, at)
                     except StorageError:

@@ -1,0 +1,213 @@
+"""NotifierFunction when SNS or DynamoDB stall or lose their answers, and when time runs out:
+no email that left is ever sent again by a retry (invariant 3).
+
+What reaches support is read from an SQS queue subscribed to OrdersTopic (`inbox`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from orderpipe import notifier as notifier_step
+from orderpipe.aws import clients
+from orderpipe.aws.orders_table import from_attribute_values, to_attribute_values
+from orderpipe.aws.orders_topic import TopicUnavailable
+from orderpipe.models import Order
+from orderpipe.settings import settings
+from orderpipe_local.runtime.lambda_context import LocalLambdaContext
+from orderpipe_local.stack.provision import Stack
+from orderpipe_local.stack.template import Template
+from orderpipe_local.testing import load_event
+from tests.integration.aws_faults import LambdaEnded, end_invocation_during, stall_calls, unreachable
+from tests.integration.conftest import Email, handler_of
+from tests.integration.test_notifier import (
+    ADA,
+    GRACE,
+    ZOE,
+    Handler,
+    big_insert_event,
+    failed_ids,
+    metric_total,
+    status_of,
+    store_inserted_orders,
+)
+
+BATCH = (ADA, GRACE, ZOE)
+
+
+@pytest.fixture
+def notifier(stack: Stack, template: Template) -> Handler:
+    return handler_of(template, "NotifierFunction")
+
+
+def notifier_context(timeout_seconds: float = 30) -> LocalLambdaContext:
+    return LocalLambdaContext("NotifierFunction", timeout_seconds=timeout_seconds)
+
+
+def emitted(output: str) -> dict[str, Any]:
+    documents: list[dict[str, Any]] = [json.loads(line) for line in output.splitlines() if '"_aws"' in line]
+    (emf,) = documents
+    return emf
+
+
+# --- SNS --------------------------------------------------------------------------------------
+
+
+def test_when_snss_answer_is_lost_the_email_counts_as_sent_and_no_retry_sends_it_again(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given SNS takes the email but its answer does not come back within the read timeout
+    event = load_event("notifier-stream-insert-batch.json")
+    store_inserted_orders(stack, event)
+    restore = stall_calls(clients.orders_topic().client, "Publish", reaches_aws=True, longest_stall=1)
+
+    # When the batch is handled
+    started = time.monotonic()
+    with pytest.raises(TopicUnavailable):
+        notifier(event, notifier_context())
+    took = time.monotonic() - started
+
+    # Then the handler, not the Timeout, ended it; one email left (no retry by the client) and its
+    # orders are marked, counted as unconfirmed
+    assert took < 30
+    assert len(inbox()) == 1
+    assert {status_of(stack, order_id) for order_id in BATCH} == {"NOTIFIED"}
+    emf = emitted(capsys.readouterr().out)
+    assert metric_total(emf, "SupportEmailsUnconfirmed") == 1
+    assert metric_total(emf, "OrdersNotified") == 3
+
+    # And when Lambda retries the records, nothing is sent again (invariant 3)
+    restore()
+    assert failed_ids(notifier(event, notifier_context())) == []
+    assert inbox() == []
+
+
+def test_when_sns_cannot_be_reached_nothing_is_marked_and_the_retry_sends_one_email(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]]
+) -> None:
+    # Given SNS cannot be reached: the request never left
+    event = load_event("notifier-stream-insert-batch.json")
+    store_inserted_orders(stack, event)
+    restore = unreachable(clients.orders_topic().client, "Publish")
+
+    # When
+    with pytest.raises(TopicUnavailable):
+        notifier(event, notifier_context())
+
+    # Then it is not taken for sent: nothing is marked, so the retry announces every order once
+    assert {status_of(stack, order_id) for order_id in BATCH} == {"PLACED"}
+    restore()
+    assert failed_ids(notifier(event, notifier_context())) == []
+    assert len(inbox()) == 1
+
+
+def test_no_email_is_started_that_could_outlast_the_functions_timeout(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]]
+) -> None:
+    # Given less time left than one publish and the marking of its orders can take
+    event = load_event("notifier-stream-insert-batch.json")
+    store_inserted_orders(stack, event)
+    too_short = settings().sns_publish_budget_seconds
+
+    # When
+    with pytest.raises(TopicUnavailable):
+        notifier(event, notifier_context(timeout_seconds=too_short))
+
+    # Then nothing was sent, so nothing can be sent twice; the retry sends the batch once
+    assert inbox() == []
+    assert {status_of(stack, order_id) for order_id in BATCH} == {"PLACED"}
+    assert failed_ids(notifier(event, notifier_context())) == []
+    assert len(inbox()) == 1
+
+
+def test_each_part_of_a_split_digest_is_marked_as_soon_as_it_is_out(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]]
+) -> None:
+    # Given a batch that takes two emails, and Lambda ending the invocation while the second is
+    # being published
+    event, order_ids = big_insert_event(stack, 3)
+    restore = end_invocation_during(clients.orders_topic().client, "Publish", reaches_aws=False, calls={2})
+    with pytest.raises(LambdaEnded):
+        notifier(event, notifier_context())
+    restore()
+    (first_part,) = inbox()
+
+    # When Lambda retries the batch
+    assert failed_ids(notifier(event, notifier_context())) == []
+
+    # Then the first part's orders were already marked, so only the second part is sent
+    (second_part,) = inbox()
+    announced = [
+        order_id for _, body in (first_part, second_part) for order_id in order_ids if order_id in body
+    ]
+    assert sorted(announced) == sorted(order_ids)
+
+
+# --- DynamoDB after the email went out ----------------------------------------------------------
+
+
+def test_when_dynamodb_stops_answering_after_the_email_the_records_still_succeed(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the orders cannot be marked: the table stalls after the email went out
+    event = load_event("notifier-stream-insert-batch.json")
+    store_inserted_orders(stack, event)
+    table = clients.orders_table().client
+    stall_calls(table, "TransactWriteItems", reaches_aws=False)
+    stall_calls(table, "UpdateItem", reaches_aws=False)
+
+    # When
+    response = notifier(event, notifier_context())
+
+    # Then no record is retried (a retry would mail them again); each order is counted
+    assert failed_ids(response) == []
+    assert len(inbox()) == 1
+    emf = emitted(capsys.readouterr().out)
+    assert metric_total(emf, "NotifiedOrdersNotMarked") == 3
+
+
+def test_marking_one_by_one_stops_in_time_to_answer(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given ten orders, a table that stalls once the email is out, and time for one publish and
+    # its transaction, not for ten single updates after it
+    event, order_ids = small_insert_event(10)
+    table = clients.orders_table().client
+    stall_calls(table, "TransactWriteItems", reaches_aws=False)
+    stall_calls(table, "UpdateItem", reaches_aws=False)
+    current = settings()
+    one_email = current.sns_publish_budget_seconds + current.aws_call_budget_seconds
+    timeout = notifier_step.SAFETY_MARGIN_SECONDS + one_email + 0.5
+
+    # When
+    started = time.monotonic()
+    response = notifier(event, notifier_context(timeout_seconds=timeout))
+
+    # Then it answered before its Timeout, the orders it had no time for left unmarked, not retried
+    assert time.monotonic() - started < timeout
+    assert failed_ids(response) == []
+    assert len(inbox()) == 1
+    assert metric_total(emitted(capsys.readouterr().out), "NotifiedOrdersNotMarked") == len(order_ids)
+
+
+def small_insert_event(count: int) -> tuple[dict[str, Any], list[str]]:
+    """INSERTs of `count` stored copies of the single-insert fixture's order, each its own id."""
+    template_record = load_event("notifier-stream-insert.json")["Records"][0]
+    base = Order.model_validate(from_attribute_values(template_record["dynamodb"]["NewImage"]))
+    records, order_ids = [], []
+    for number in range(count):
+        order = base.model_copy(update={"order_id": f"00000000-0000-4000-8000-{number:012d}"})
+        clients.orders_table().put_new_order(order)
+        record = copy.deepcopy(template_record)
+        record["dynamodb"]["NewImage"] = to_attribute_values(order.to_item())
+        record["dynamodb"]["Keys"] = {"orderId": {"S": order.order_id}}
+        record["dynamodb"]["SequenceNumber"] = f"3000000000{number:012d}"
+        records.append(record)
+        order_ids.append(order.order_id)
+    return {"Records": records}, order_ids
