@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,9 @@ from orderpipe_local.testing import (
     start_pipeline,
     wait_until,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +101,7 @@ def test_orders_a_stop_could_not_carry_through_are_stored_and_mailed_once_by_the
     accepted = [str(uuid.uuid4()) for _ in range(QUEUED)]
     sqs = pipeline.sqs()
     for start in range(0, QUEUED, 10):
-        entries = [
+        entries: list[SendMessageBatchRequestEntryTypeDef] = [
             {"Id": str(index), "MessageBody": json.dumps(queued | {"orderId": order_id})}
             for index, order_id in enumerate(accepted[start : start + 10])
         ]
@@ -153,7 +157,7 @@ def test_after_moto_crashes_every_accepted_order_not_mailed_is_kept_from_its_jou
     accepted = [body["orderId"] for _, _, body in posted] + [str(uuid.uuid4()) for _ in range(QUEUED)]
     sqs = pipeline.sqs()
     for start in range(2, len(accepted), 10):
-        entries = [
+        entries: list[SendMessageBatchRequestEntryTypeDef] = [
             {
                 "Id": str(index),
                 "MessageBody": json.dumps(queued | {"orderId": order_id}),
