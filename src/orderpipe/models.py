@@ -6,7 +6,6 @@ Money is `Decimal` everywhere; it is written as a string with two places in JSON
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
 from datetime import UTC, datetime
@@ -131,7 +130,8 @@ def _money_from_json(value: object) -> object:
         # openapi.json says multipleOf 0.01, which JSON Schema validators check by dividing in
         # binary floating point: they take 84700.54000000001 (8470054 * 0.01 in floats, one unit
         # in the last place from 84700.54) for a multiple. Take it for the amount they do.
-        if math.isfinite(value) and amount.as_tuple().exponent < -2 and (value / 0.01).is_integer():
+        exponent = amount.as_tuple().exponent  # a letter for infinity
+        if isinstance(exponent, int) and exponent < -2 and (value / 0.01).is_integer():
             return Decimal(int(value / 0.01)).scaleb(-2)
         return amount
     # The one spelling openapi.json states: Python's Decimal would also read " 1.5", "1E+2",
