@@ -276,6 +276,7 @@ def accept_order_once(request: OrderRequest, idempotency_key: str) -> OrderAccep
 @tracer.capture_method(capture_response=False)  # the order holds personal data
 def read_order(order_id: str) -> Order:
     order = None
+    order_id = order_id.lower()  # UUIDs are case-insensitive; order ids are stored in lowercase
     if is_order_id(order_id):  # anything else cannot be stored: no need to ask DynamoDB
         logger.set_correlation_id(order_id)
         order = clients.orders_table().get_order(order_id)

@@ -1,8 +1,9 @@
 """The writer step: store each queued order once, fail only the messages that cannot be stored.
 
 SQS delivers at least once and ingest may send an order twice, so a second copy of an order
-is a success that changes nothing (conditional PutItem). A message that is not an order fails
-only itself and, after the queue's maxReceiveCount receives, lands in OrdersDLQ.
+is a success that changes nothing (conditional PutItem). A message that is not an order (an
+orderId that is not a UUID included) fails only itself and, after the queue's maxReceiveCount
+receives, lands in OrdersDLQ.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
-from pydantic import Json
+from pydantic import Json, field_validator
 
 from orderpipe.aws import clients
 from orderpipe.batch import FailureLoggingProcessor
-from orderpipe.models import Order
+from orderpipe.models import Order, is_order_id
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
 
 if TYPE_CHECKING:
@@ -27,6 +28,15 @@ class QueuedOrder(SqsRecordModel):
     """An OrdersQueue message whose body is an order; any other body fails this record only."""
 
     body: Json[Order]
+
+    @field_validator("body")
+    @classmethod
+    def _order_id_is_a_uuid(cls, order: Order) -> Order:
+        """Ingest gives every order a UUID; any other orderId did not come from it, and would be
+        stored where GET /orders/{orderId} can never find it."""
+        if not is_order_id(order.order_id):
+            raise ValueError("orderId must be a UUID in canonical lowercase form")
+        return order
 
 
 class OrderBatchProcessor(FailureLoggingProcessor):
@@ -68,6 +78,9 @@ def store_queued_orders(
     event: dict[str, Any], context: LambdaContext | None = None
 ) -> PartialItemFailureResponse:
     """Process one SQS batch; the answer names the messages SQS should deliver again."""
+    if not event.get("Records"):
+        # Powertools raises UnexpectedBatchTypeError for a batch without records; nothing failed.
+        return {"batchItemFailures": []}
     # A processor per batch: it holds the batch's outcomes, and the local pipeline may run
     # several batches at once in one process. A batch of only poison messages must still
     # answer batchItemFailures, not raise.

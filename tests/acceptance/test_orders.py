@@ -110,8 +110,9 @@ def test_get_goes_from_404_to_placed_to_notified(target: OrdersTarget) -> None:
 
     wait_until(is_notified, target.mail_timeout, interval=0.05)
 
-    # Then it went through each state once, in order
-    assert seen == [404, "PLACED", "NOTIFIED"]
+    # Then it went through the states in order, never back (PLACED lasts as long as the
+    # notifier's batching window, which a GET on a busy machine can miss)
+    assert seen in ([404, "PLACED", "NOTIFIED"], [404, "NOTIFIED"])
 
 
 def test_a_replayed_post_with_an_idempotency_key_gives_one_order(target: OrdersTarget) -> None:
@@ -160,7 +161,13 @@ def test_a_poison_message_reaches_orders_dlq_and_blocks_nothing(target: OrdersTa
                 )
                 .get("Messages", [])
             )
-            return any(message["Body"] == poison for message in messages)
+            for message in messages:
+                if message["Body"] == poison:  # taken out: the target's DLQ holds only real dead letters
+                    target.sqs().delete_message(
+                        QueueUrl=target.resource("OrdersDLQ"), ReceiptHandle=message["ReceiptHandle"]
+                    )
+                    return True
+            return False
 
         wait_until(poison_in_dlq, 60.0, interval=0.5)
 
@@ -191,17 +198,17 @@ def test_a_record_the_notifier_cannot_handle_goes_to_notifier_dlq_with_its_metad
             )
             .get("Messages", [])
         )
-        records = [json.loads(message["Body"]) for message in messages]
-        return next(
-            (
-                record
-                for record in records
-                if table_arn_prefix in record.get("DDBStreamBatchInfo", {}).get("streamArn", "")
-            ),
-            None,
-        )
+        for message in messages:
+            record: dict[str, Any] = json.loads(message["Body"])
+            if table_arn_prefix in record.get("DDBStreamBatchInfo", {}).get("streamArn", ""):
+                target.sqs().delete_message(  # taken out, as the broken item below
+                    QueueUrl=target.resource("NotifierDLQ"), ReceiptHandle=message["ReceiptHandle"]
+                )
+                return record
+        return None
 
     record = wait_until(failure_record, 60.0, interval=0.5)
+    target.dynamodb().delete_item(TableName=target.resource("OrdersTable"), Key={"orderId": {"S": broken_id}})
     info = record["DDBStreamBatchInfo"]
     assert info["batchSize"] >= 1
     assert int(info["startSequenceNumber"]) <= int(info["endSequenceNumber"])

@@ -389,6 +389,40 @@ def test_get_order_fixture_answers_the_stored_order_as_placed(ingest: Invoke) ->
     assert logger.get_correlation_id() == STORED_ORDER_ID
 
 
+def with_order_id(order_id: str) -> dict[str, Any]:
+    event = load_event("ingest-get-order.json")
+    path = f"/orders/{order_id}"
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["pathParameters"] = {"orderId": order_id}
+    return event
+
+
+def test_get_order_with_the_id_in_upper_case_finds_the_order(ingest: Invoke) -> None:
+    # Given the order of the GET fixture is stored
+    store_order(STORED_ORDER_ID)
+
+    # When it is requested with its id in upper case (UUIDs are case-insensitive)
+    response = ingest(with_order_id(STORED_ORDER_ID.upper()))
+
+    # Then it is found, under the id as stored
+    assert response["statusCode"] == 200
+    assert body_of(response)["orderId"] == STORED_ORDER_ID
+
+
+@pytest.mark.parametrize("version", [1, 5, 7, 8])
+def test_get_order_finds_an_order_whose_id_is_another_uuid_version(ingest: Invoke, version: int) -> None:
+    # Given an order stored under a UUID of another version (keyed orders get version 5 ids)
+    order_id = f"6ba7b810-9dad-{version}1d1-80b4-00c04fd430c8"
+    store_order(order_id)
+
+    # When it is requested
+    response = ingest(with_order_id(order_id))
+
+    # Then it is found
+    assert response["statusCode"] == 200
+    assert body_of(response)["orderId"] == order_id
+
+
 def test_get_order_after_support_was_notified_is_notified(ingest: Invoke) -> None:
     # Given the order is stored and support staff were emailed about it
     store_order(STORED_ORDER_ID)

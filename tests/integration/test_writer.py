@@ -142,6 +142,61 @@ def test_a_batch_of_only_poison_messages_still_answers_which_failed(
     assert stored_items(stack) == {}
 
 
+@pytest.mark.parametrize(
+    "order_id",
+    ["x", "ORDER-1", "3F6C2A7E-1B9D-4C58-9E2F-7A1D0B4C8E51", "3f6c2a7e1b9d4c589e2f7a1d0b4c8e51"],
+    ids=["word", "other-id-scheme", "upper-case", "no-hyphens"],
+)
+def test_an_order_whose_id_is_no_canonical_uuid_is_a_poison_message(
+    stack: Stack,
+    writer: Handler,
+    lambda_context: LocalLambdaContext,
+    caplog: pytest.LogCaptureFixture,
+    order_id: str,
+) -> None:
+    # Given a well-formed order whose orderId ingest could never have given
+    event = load_event("writer-sqs-batch.json")
+    record = copy.deepcopy(record_with_id(event, DUPLICATE_MESSAGE_ID))
+    record["body"] = json.dumps(json.loads(record["body"]) | {"orderId": order_id})
+
+    # When
+    response = writer({"Records": [record]}, lambda_context)
+
+    # Then it fails, like any poison message (OrdersDLQ after maxReceiveCount), and is not stored
+    assert failed_ids(response) == [DUPLICATE_MESSAGE_ID]
+    assert stored_items(stack) == {}
+    (warning,) = [r for r in caplog.records if getattr(r, "message_id", None) == DUPLICATE_MESSAGE_ID]
+    assert "orderId must be a UUID" in getattr(warning, "reason", "")
+
+
+def test_an_order_whose_id_is_another_uuid_version_is_stored(
+    stack: Stack, writer: Handler, lambda_context: LocalLambdaContext
+) -> None:
+    # Given an order with a version 5 UUID, as keyed orders get
+    order_id = "886313e1-3b8a-5372-9b90-0c9aee199e5d"
+    event = load_event("writer-sqs-batch.json")
+    record = copy.deepcopy(record_with_id(event, DUPLICATE_MESSAGE_ID))
+    record["body"] = json.dumps(json.loads(record["body"]) | {"orderId": order_id})
+
+    # When
+    response = writer({"Records": [record]}, lambda_context)
+
+    # Then it is stored
+    assert failed_ids(response) == []
+    assert set(stored_items(stack)) == {order_id}
+
+
+@pytest.mark.parametrize("event", [{"Records": []}, {}], ids=["no-records", "no-records-key"])
+def test_an_empty_batch_answers_no_failures(
+    stack: Stack, writer: Handler, lambda_context: LocalLambdaContext, event: dict[str, Any]
+) -> None:
+    # When the writer is invoked with no messages (a test event, a hand-made invoke)
+    response = writer(event, lambda_context)
+
+    # Then it answers an empty partial batch response rather than failing the invocation
+    assert response == {"batchItemFailures": []}
+
+
 def test_the_reason_a_message_failed_is_logged_with_its_message_id(
     stack: Stack, writer: Handler, lambda_context: LocalLambdaContext, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -371,7 +371,10 @@ def test_unknown_route_is_404_json(method: str, path: str, lambda_context: Local
     assert json_body(response) == {"message": "not found"}
 
 
-@pytest.mark.parametrize("order_id", ["not-an-id", "7C9E6679-7425-40DE-944B-E07FC1F90AE7", "1" * 3000])
+@pytest.mark.parametrize(
+    "order_id",
+    ["not-an-id", "7c9e6679-7425-00de-944b-e07fc1f90ae7", "7C9E6679742540DE944BE07FC1F90AE7", "1" * 3000],
+)
 def test_order_id_that_cannot_exist_is_404_without_reading_the_table(
     order_id: str, monkeypatch: pytest.MonkeyPatch, lambda_context: LocalLambdaContext
 ) -> None:
@@ -459,3 +462,23 @@ def test_a_bug_is_not_disguised_as_a_client_error(
     # Then the error reaches the Lambda runtime (a 5xx and an alarm), not the client as a 4xx
     with pytest.raises(ValueError, match="a bug"):
         resolve(post_order_json(VALID_ORDER), lambda_context)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51", True),
+        ("6ba7b810-9dad-11d1-80b4-00c04fd430c8", True),  # version 1
+        ("886313e1-3b8a-5372-9b90-0c9aee199e5d", True),  # version 5, as keyed orders get
+        ("017f22e2-79b0-7cc3-98c4-dc0c0c07398f", True),  # version 7
+        ("3F6C2A7E-1B9D-4C58-9E2F-7A1D0B4C8E51", False),  # stored ids are lowercase
+        ("00000000-0000-0000-0000-000000000000", False),  # nil: version 0
+        ("3f6c2a7e-1b9d-9c58-9e2f-7a1d0b4c8e51", False),  # version 9
+        ("3f6c2a7e-1b9d-4c58-7e2f-7a1d0b4c8e51", False),  # not the RFC 4122 variant
+        ("3f6c2a7e1b9d4c589e2f7a1d0b4c8e51", False),
+        ("3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51\n", False),
+        ("x", False),
+    ],
+)
+def test_order_ids_are_canonical_uuids_of_any_version(value: str, expected: bool) -> None:
+    assert is_order_id(value) is expected
