@@ -58,6 +58,9 @@ def apply_moto_patches(names: Collection[str] | None = None) -> tuple[str, ...]:
     `ORDERPIPE_MOTO_SPEED_PATCHES` selects. Idempotent for the same selection; returns the names
     applied, in the order applied."""
     global _applied
+    from orderpipe_local.versions import check_pinned_versions
+
+    check_pinned_versions()  # each patch was written against the one moto pinned
     selected = selected_patches() if names is None else _known(names)
     with _apply_lock:
         if _applied is not None:
