@@ -1,34 +1,81 @@
-"""moto as the endpoint serves it, with `apply_moto_patches()`: nothing lost under concurrent
-requests, streams keep flowing.
+"""moto as the endpoint serves it: each fix of `orderpipe_local.moto.patches` shown needed (its
+test fails on moto 5.2.5 as it ships, an expected failure, strict: the day moto fixes it, the test
+says so) and sufficient (it passes with that fix alone, and with every patch); and the speed
+patches giving moto's own answers.
 
-The server runs in a child process, so the patches never leak into other tests' moto.
+The servers run in child processes, so the patches never leak into other tests' moto.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+from _pytest.mark import ParameterSet
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from orderpipe_local.moto.endpoint import AwsEndpoint
+from orderpipe_local.moto.patches import FIXES, PATCHES, SPEED_PATCHES_VARIABLE
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
     from mypy_boto3_sqs import SQSClient
 
+AS_SHIPPED = tuple(PATCHES)
+
 
 @pytest.fixture(scope="module")
-def patched_endpoint() -> Iterator[str]:
-    with AwsEndpoint() as endpoint:
-        yield endpoint.url
+def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[tuple[str, ...]], str]]:
+    """The URL of an endpoint with the given moto patches, started on first use.
+
+    Their Python switches threads every 10 us instead of every 5 ms, so that a race of moto's
+    shows within a few hundred requests.
+    """
+    hooks = tmp_path_factory.mktemp("switch-often")
+    (hooks / "sitecustomize.py").write_text("import sys\n\nsys.setswitchinterval(1e-5)\n")
+    started: dict[tuple[str, ...], AwsEndpoint] = {}
+
+    def url(moto_patches: tuple[str, ...]) -> str:
+        if moto_patches not in started:
+            endpoint = AwsEndpoint(moto_patches=moto_patches)
+            with pytest.MonkeyPatch.context() as environment:
+                environment.setenv("PYTHONPATH", str(hooks))
+                endpoint.start()
+            started[moto_patches] = endpoint
+        return started[moto_patches].url
+
+    yield url
+    for endpoint in started.values():
+        endpoint.stop()
+
+
+@pytest.fixture(scope="module")
+def patched_endpoint(endpoints: Callable[[tuple[str, ...]], str]) -> str:
+    return endpoints(AS_SHIPPED)
+
+
+def needs(fix: str, *, moto_fails: bool = True) -> pytest.MarkDecorator:
+    """Run the test on moto 5.2.5 as it ships (expected to fail unless `moto_fails` is False), with
+    `fix` alone, and with every patch."""
+    assert PATCHES[fix].kind == "fix"
+    unpatched = (
+        pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"moto 5.2.5 without {fix}")
+        if moto_fails
+        else ()
+    )
+    variants: list[ParameterSet] = [
+        pytest.param((), id="moto-5.2.5", marks=unpatched),
+        pytest.param((fix,), id=f"{fix}-alone"),
+        pytest.param(AS_SHIPPED, id="as-shipped"),
+    ]
+    return pytest.mark.parametrize("moto_patches", variants)
 
 
 def client(service: str, endpoint: str) -> Any:
@@ -36,25 +83,34 @@ def client(service: str, endpoint: str) -> Any:
     return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", config=config)  # type: ignore[call-overload]
 
 
-def test_concurrent_deletes_and_sends_lose_nothing(patched_endpoint: str) -> None:
-    # Given 1,000 received messages and eight threads deleting them while four threads send more
-    sqs: SQSClient = client("sqs", patched_endpoint)
+@needs("sqs-queue-lock")
+def test_concurrent_deletes_and_sends_lose_nothing(
+    endpoints: Callable[[tuple[str, ...]], str], moto_patches: tuple[str, ...]
+) -> None:
+    # Given 100 received messages behind which 100 wait, and eight threads deleting the 100 one by
+    # one while four threads send 100 more (moto 5.2.5's own receives take 0.3 s or more at this
+    # depth, so the test receives little)
+    sqs: SQSClient = client("sqs", endpoints(moto_patches))
     queue_url = sqs.create_queue(QueueName="race", Attributes={"VisibilityTimeout": "600"})["QueueUrl"]
-    for start in range(0, 1000, 10):
-        sqs.send_message_batch(
-            QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": f"old-{start + i}"} for i in range(10)]
-        )
-    received: list[list[str]] = []
-    while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
-        received.append([message["ReceiptHandle"] for message in messages])
 
-    def delete(batches: list[list[str]]) -> None:
-        for handles in batches:
-            entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(handles)]
-            sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+    def send_batches(prefix: str, count: int) -> None:
+        for start in range(0, count, 10):
+            entries: list[Any] = [{"Id": str(i), "MessageBody": f"{prefix}-{start + i}"} for i in range(10)]
+            sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+
+    send_batches("received", 100)
+    received: list[str] = []
+    while len(received) < 100:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+        received += [message["ReceiptHandle"] for message in messages]
+    send_batches("waiting", 100)
+
+    def delete(handles: list[str]) -> None:
+        for handle in handles:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=handle)
 
     def send(sender: int) -> None:
-        for n in range(100):
+        for n in range(25):
             sqs.send_message(QueueUrl=queue_url, MessageBody=f"new-{sender}-{n}")
 
     threads = [threading.Thread(target=delete, args=(received[k::8],)) for k in range(8)]
@@ -66,13 +122,12 @@ def test_concurrent_deletes_and_sends_lose_nothing(patched_endpoint: str) -> Non
     for thread in threads:
         thread.join()
 
-    # Then every deleted message is gone for good and every sent one is there
-    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
-    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
-    bodies: set[str] = set()
-    while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
-        bodies.update(message["Body"] for message in messages)
-    assert bodies == {f"new-{k}-{n}" for k in range(4) for n in range(100)}
+    # Then every deleted message is gone for good (none in flight) and every sent one is there
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes == {"ApproximateNumberOfMessages": "200", "ApproximateNumberOfMessagesNotVisible": "0"}
 
 
 def make_table(endpoint: str, name: str) -> tuple[DynamoDBClient, DynamoDBStreamsClient, str]:
@@ -101,9 +156,12 @@ def mark(table: str, key: str) -> Any:
     }
 
 
-def test_a_cancelled_transaction_writes_nothing_and_streams_keep_flowing(patched_endpoint: str) -> None:
+@needs("dynamodb-transactions")
+def test_a_cancelled_transaction_writes_nothing_and_streams_keep_flowing(
+    endpoints: Callable[[tuple[str, ...]], str], moto_patches: tuple[str, ...]
+) -> None:
     # Given a reader part-way through the table's stream
-    dynamodb, streams, stream_arn = make_table(patched_endpoint, "cancelled")
+    dynamodb, streams, stream_arn = make_table(endpoints(moto_patches), "cancelled")
     for key in ("a", "b"):
         dynamodb.put_item(TableName="cancelled", Item={"id": {"S": key}, "status": {"S": "PLACED"}})
     shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
@@ -126,6 +184,129 @@ def test_a_cancelled_transaction_writes_nothing_and_streams_keep_flowing(patched
     assert item["status"] == {"S": "PLACED"}
     later = streams.get_records(ShardIterator=first["NextShardIterator"])
     assert [(r["eventName"], r["dynamodb"]["Keys"]["id"]["S"]) for r in later["Records"]] == [("INSERT", "c")]
+
+
+def read_stream(streams: DynamoDBStreamsClient, stream_arn: str, limit: int = 1000) -> list[Any]:
+    """Every record of the table's stream, from its start, `limit` a GetRecords."""
+    shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(
+        StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records: list[Any] = []
+    while batch := streams.get_records(ShardIterator=iterator, Limit=limit):
+        if not batch["Records"]:
+            return records
+        records += batch["Records"]
+        iterator = batch["NextShardIterator"]
+    return records
+
+
+@needs("dynamodb-transactions")
+def test_writes_made_while_a_transaction_is_cancelled_are_kept(
+    endpoints: Callable[[tuple[str, ...]], str], moto_patches: tuple[str, ...]
+) -> None:
+    # Given a transaction that writes to one table and checks 30 items of another, the last missing
+    endpoint = endpoints(moto_patches)
+    dynamodb, _, _ = make_table(endpoint, "written")
+    make_table(endpoint, "checked")
+    for n in range(300):
+        dynamodb.put_item(TableName="checked", Item={"id": {"S": f"o-{n}"}, "status": {"S": "PLACED"}})
+    check = {"TableName": "checked", "ConditionExpression": "attribute_exists(id)"}
+    transaction: list[Any] = [
+        {"Put": {"TableName": "written", "Item": {"id": {"S": "by-the-transaction"}}}},
+        *({"ConditionCheck": {**check, "Key": {"id": {"S": f"o-{n}"}}}} for n in range(29)),
+        {"ConditionCheck": {**check, "Key": {"id": {"S": "missing"}}}},
+    ]
+    cancelled = threading.Event()
+
+    def cancel_three_times() -> None:
+        for _ in range(3):
+            with pytest.raises(ClientError, match="TransactionCanceledException"):
+                dynamodb.transact_write_items(TransactItems=transaction)
+        cancelled.set()
+
+    # When another client stores items in the written table meanwhile
+    canceller = threading.Thread(target=cancel_three_times)
+    canceller.start()
+    stored: list[str] = []
+    while not cancelled.is_set():
+        key = f"meanwhile-{len(stored)}"
+        dynamodb.put_item(TableName="written", Item={"id": {"S": key}})
+        stored.append(key)
+    canceller.join()
+
+    # Then every one of them is there, and nothing of the transactions
+    found = {item["id"]["S"] for item in dynamodb.scan(TableName="written")["Items"]}
+    assert found == set(stored)
+
+
+@needs("dynamodb-stream-sequence")
+def test_concurrent_writes_give_each_stream_record_its_own_sequence_number(
+    endpoints: Callable[[tuple[str, ...]], str], moto_patches: tuple[str, ...]
+) -> None:
+    # Given a table with a stream, and eight clients each storing 100 items at once
+    dynamodb, streams, stream_arn = make_table(endpoints(moto_patches), "concurrent")
+
+    def store(writer: int) -> None:
+        for n in range(100):
+            dynamodb.put_item(
+                TableName="concurrent", Item={"id": {"S": f"w{writer}-{n}"}, "pad": {"S": "x" * 500}}
+            )
+
+    writers = [threading.Thread(target=store, args=(k,)) for k in range(8)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+
+    # When a reader reads the stream from its start, ten records a call
+    records = read_stream(streams, stream_arn, limit=10)
+
+    # Then it reads each write once, each record under a sequence number of its own
+    keys = sorted(record["dynamodb"]["Keys"]["id"]["S"] for record in records)
+    sequence_numbers = {record["dynamodb"]["SequenceNumber"] for record in records}
+    assert (len(sequence_numbers), keys) == (800, sorted(f"w{k}-{n}" for k in range(8) for n in range(100)))
+
+
+@needs("dynamodb-transactions", moto_fails=False)
+def test_a_transaction_whose_update_is_refused_writes_nothing(
+    endpoints: Callable[[tuple[str, ...]], str], moto_patches: tuple[str, ...]
+) -> None:
+    # Given two stored items
+    dynamodb, streams, stream_arn = make_table(endpoints(moto_patches), "refused")
+    for key in ("a", "b"):
+        dynamodb.put_item(TableName="refused", Item={"id": {"S": key}, "status": {"S": "PLACED"}})
+    refused: Any = {
+        "Update": {
+            "TableName": "refused",
+            "Key": {"id": {"S": "b"}},
+            "UpdateExpression": "SET id = :other",  # a key attribute: a validation error
+            "ExpressionAttributeValues": {":other": {"S": "c"}},
+        }
+    }
+
+    # When a transaction's first update is valid and its second is refused
+    with pytest.raises(ClientError) as error:
+        dynamodb.transact_write_items(TransactItems=[mark("refused", "a"), refused])
+
+    # Then it is refused whole: the first item is untouched and the stream holds the two puts alone
+    assert error.value.response["Error"]["Code"] == "ValidationException"
+    item = dynamodb.get_item(TableName="refused", Key={"id": {"S": "a"}})["Item"]
+    assert item["status"] == {"S": "PLACED"}
+    assert [record["eventName"] for record in read_stream(streams, stream_arn)] == ["INSERT", "INSERT"]
+
+
+def test_speed_patches_switch_off_for_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the variable that the load benchmark sets to run moto without the speed patches
+    monkeypatch.setenv(SPEED_PATCHES_VARIABLE, "off")
+
+    # When an endpoint starts and serves a call
+    with AwsEndpoint() as endpoint:
+        queues = client("sqs", endpoint.url).list_queues()
+
+    # Then it applied the fixes alone
+    assert endpoint.moto_patches == FIXES
+    assert queues["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
 def test_transactions_stay_fast_on_a_large_table(patched_endpoint: str) -> None:

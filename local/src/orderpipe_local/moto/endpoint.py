@@ -11,7 +11,11 @@ A child binds its port itself (port 0 picks a free one, without the race of prob
 port first) and reports it on stdout; it exits when told to (SIGTERM) or when its parent goes
 away (stdin closes), so an endpoint never outlives the pipeline that started it.
 
-Run as `python -m orderpipe_local.moto.endpoint --host H --port P [--only-dynamodb]`.
+Each child applies `orderpipe_local.moto.patches`: every fix, and the speed patches that
+`ORDERPIPE_MOTO_SPEED_PATCHES` selects (`off` for none), or exactly the ones `moto_patches` names.
+
+Run as `python -m orderpipe_local.moto.endpoint --host H --port P [--only-dynamodb]
+[--moto-patches NAME,...]`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
@@ -38,7 +42,7 @@ from typing import IO, Any, Self
 import urllib3
 
 from orderpipe_local.moto.journal import MessageJournal
-from orderpipe_local.moto.patches import apply_moto_patches
+from orderpipe_local.moto.patches import apply_moto_patches, selected_patches
 from orderpipe_local.moto.wsgi_server import WsgiApp, WsgiServer
 from orderpipe_local.runtime.gc_pauses import freeze_survivors
 from orderpipe_local.versions import VersionMismatch, check_pinned_versions
@@ -64,7 +68,10 @@ class AwsEndpoint:
     (moto's warnings and tracebacks); per-request logging is off, it would cost moto's CPU.
     `only_dynamodb` is the second moto, started by the first: it writes to the first's log.
     `dynamodb_nice` is the niceness of the process serving DynamoDB (see
-    PipelineConfig.background_nice).
+    PipelineConfig.background_nice). `moto_patches` names the patches of moto to apply
+    (`orderpipe_local.moto.patches.PATCHES`; `()` for moto as it ships); by default every fix and
+    the speed patches `ORDERPIPE_MOTO_SPEED_PATCHES` selects. Once started, `moto_patches` holds
+    the ones applied.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class AwsEndpoint:
         *,
         only_dynamodb: bool = False,
         dynamodb_nice: int = 0,
+        moto_patches: Collection[str] | None = None,
         journal: Path | None = None,
     ) -> None:
         """`journal`: where SQS's accepted messages are appended (`moto.journal`)."""
@@ -84,6 +92,11 @@ class AwsEndpoint:
         self.log_path = log_path
         self.only_dynamodb = only_dynamodb
         self.dynamodb_nice = dynamodb_nice
+        # Resolved here, so that a bad ORDERPIPE_MOTO_SPEED_PATCHES fails in the caller, in words.
+        try:
+            self.moto_patches = tuple(moto_patches) if moto_patches is not None else selected_patches()
+        except ValueError as error:
+            raise EndpointError(str(error)) from error
         self.port: int | None = None
         self.service_urls: dict[str, str] = {}  # the services served on a URL of their own
         self.dynamodb_pid: int | None = None  # the process that serves them
@@ -132,6 +145,7 @@ class AwsEndpoint:
             str(self.requested_port),
             *(["--only-dynamodb"] if self.only_dynamodb else []),
             *(["--dynamodb-nice", str(self.dynamodb_nice)] if self.dynamodb_nice else []),
+            f"--moto-patches={','.join(self.moto_patches)}",
             *(["--journal", str(self.journal)] if self.journal is not None else []),
         ]
         stderr: IO[str] | int | None = self._log_file if self._log_file is not None else subprocess.DEVNULL
@@ -176,6 +190,7 @@ class AwsEndpoint:
                 ready = json.loads(line[len(_READY_PREFIX) :])
                 self.service_urls = dict(ready.get("services", {}))
                 self.dynamodb_pid = ready.get("dynamodb_pid")
+                self.moto_patches = tuple(ready["moto_patches"])
                 port: int = ready["port"]
                 return port
         raise EndpointError(f"moto did not start within {timeout:.0f} s{self._log_hint()}")
@@ -332,14 +347,21 @@ class _Forwarder:
         self._pool.urlopen("POST", "/moto-api/reset")
 
 
-def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int, journal: Path | None = None) -> int:
+def _serve(
+    host: str,
+    port: int,
+    only_dynamodb: bool,
+    dynamodb_nice: int,
+    moto_patches: list[str],
+    journal: Path | None = None,
+) -> int:
     """The child: run moto until SIGTERM/SIGINT or until stdin closes (the parent is gone)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    apply_moto_patches()
+    applied = apply_moto_patches(moto_patches)
     freeze_survivors()
     if only_dynamodb:
         os.nice(dynamodb_nice)
@@ -347,7 +369,9 @@ def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int, journa
     dynamodb: AwsEndpoint | None = None
     services: dict[str, str] = {}
     if not only_dynamodb:
-        dynamodb = AwsEndpoint(host, 0, only_dynamodb=True, dynamodb_nice=dynamodb_nice)
+        dynamodb = AwsEndpoint(
+            host, 0, only_dynamodb=True, dynamodb_nice=dynamodb_nice, moto_patches=moto_patches
+        )
         try:
             dynamodb.start()
         except EndpointError as error:
@@ -387,6 +411,7 @@ def _serve(host: str, port: int, only_dynamodb: bool, dynamodb_nice: int, journa
         "pid": os.getpid(),
         "services": services,
         "dynamodb_pid": dynamodb.pid if dynamodb is not None else None,
+        "moto_patches": applied,
     }
     print(_READY_PREFIX + json.dumps(ready), flush=True)
     try:
@@ -422,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only-dynamodb", action="store_true", help="the second moto (DynamoDB and its streams)"
     )
     parser.add_argument("--dynamodb-nice", type=int, default=0, help="niceness of the DynamoDB moto")
+    parser.add_argument(
+        "--moto-patches",
+        type=lambda names: [name for name in names.split(",") if name],
+        default=None,
+        help="the moto patches to apply, comma-separated ('' for none); default: every fix and the speed"
+        " patches ORDERPIPE_MOTO_SPEED_PATCHES selects",
+    )
     parser.add_argument("--journal", type=Path, help="append the messages SQS accepts to this file")
     args = parser.parse_args(argv)
     try:
@@ -429,7 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     except VersionMismatch as error:
         print(error, file=sys.stderr)
         return 2
-    return _serve(args.host, args.port, args.only_dynamodb, args.dynamodb_nice, args.journal)
+    try:
+        moto_patches = list(selected_patches() if args.moto_patches is None else args.moto_patches)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return _serve(args.host, args.port, args.only_dynamodb, args.dynamodb_nice, moto_patches, args.journal)
 
 
 if __name__ == "__main__":
