@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import itertools
-import multiprocessing.reduction
+import multiprocessing.forkserver
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orderpipe_local.runtime.functions import FunctionError, LocalFunction, ProcessPoolFunction
+from orderpipe_local.runtime.functions import (
+    PRELOADED_MODULES,
+    FunctionError,
+    FunctionState,
+    FunctionUnavailable,
+    LocalFunction,
+    ProcessPoolFunction,
+)
 from orderpipe_local.testing import ROOT
 
 HANDLER = """
@@ -31,6 +39,8 @@ def lambda_handler(event, context):
         raise SystemExit(2)
     if event.get("unpicklable"):
         return lambda: None
+    if event.get("say"):
+        print(event["say"])
     started = time.monotonic()
     time.sleep(event.get("sleep", 0))
     return {"pid": os.getpid(), "started": started, "ended": time.monotonic(),
@@ -175,18 +185,37 @@ def test_an_invocation_over_the_timeout_fails_and_its_environment_is_replaced(tm
     pool.stop()
 
 
-def test_once_no_environment_can_be_started_invocations_fail_at_once(tmp_path: Path) -> None:
+def test_once_no_environment_can_be_started_the_function_is_unavailable_until_one_can(
+    tmp_path: Path,
+) -> None:
     # Given a function whose code breaks after its one environment started
     pool = pool_of(tmp_path, workers=1)
+    working = (tmp_path / "app.py").read_text()
     (tmp_path / "app.py").write_text("1 / 0\n")
 
-    # When that environment dies, and its replacement cannot load the handler
+    # When that environment dies, and its replacements cannot load the handler
     with pytest.raises(FunctionError, match="died"):
         pool.invoke({"exit": True})
 
-    # Then invocations fail at once instead of waiting for ever
-    with pytest.raises(FunctionError, match="every worker process died"):
+    # Then, after a few attempts, the function is unavailable and its invocations fail at once
+    with pytest.raises(
+        FunctionUnavailable, match=r"unavailable.*3 starts in a row failed.*ZeroDivisionError"
+    ):
         pool.invoke({})
+    started = time.monotonic()
+    with pytest.raises(FunctionUnavailable):
+        pool.invoke({})
+    assert time.monotonic() - started < 0.5
+    health = pool.health()
+    assert (health.state, health.alive, health.environments) == (FunctionState.UNAVAILABLE, 0, 1)
+    assert "ZeroDivisionError" in health.detail
+    assert not pool.available
+
+    # And once the code loads again, a later attempt brings it back
+    (tmp_path / "app.py").write_text(working)
+    wait_for(lambda: pool.available, timeout=15)
+    assert pool.invoke({"echo": "back"})["echo"] == "back"
+    assert pool.health().state == FunctionState.OK
     pool.stop()
 
 
@@ -213,36 +242,58 @@ def test_sys_exit_and_a_response_that_cannot_travel_are_function_errors_and_the_
         pool.stop()
 
 
-def test_workers_exit_when_the_process_that_owns_them_is_killed(tmp_path: Path) -> None:
-    # Given a process running a pool of two workers
+def test_workers_and_their_forkserver_exit_when_the_process_that_owns_them_is_killed(
+    tmp_path: Path,
+) -> None:
+    # Given a process running a pool of two workers, one of them invoked, one replaced
     (tmp_path / "app.py").write_text(textwrap.dedent(HANDLER))
     program = textwrap.dedent(
         f"""
-        import sys, time
+        import os, sys, threading, time
         from pathlib import Path
         from orderpipe_local.runtime.functions import LocalFunction, ProcessPoolFunction
 
-        function = LocalFunction("Owned", handler=print, timeout_seconds=3, memory_mb=128,
+        function = LocalFunction("Owned", handler=print, timeout_seconds=30, memory_mb=128,
                                  code_dir=Path({str(tmp_path)!r}), handler_name="app.lambda_handler")
         pool = ProcessPoolFunction(function, 2)
-        print(" ".join(str(pool.invoke({{"sleep": 0}})["pid"]) for _ in range(2)), flush=True)
+        try:
+            pool.invoke({{"exit": True}})
+        except Exception:
+            pass
+        threading.Thread(target=pool.invoke, args=({{"sleep": 3}},), daemon=True).start()
+        time.sleep(1)
+        print("ready", flush=True)
         time.sleep(60)
         """
     )
     owner = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert owner.stdout is not None
-    workers = {int(pid) for pid in owner.stdout.readline().split()}
-    assert workers
+    assert owner.stdout.readline().strip() == "ready"
+    descendants = all_descendants(owner.pid)
+    assert len(descendants) >= 4  # the forkserver, its two workers, the resource tracker
 
     # When it is killed, with no chance to stop them
     owner.kill()
     owner.wait()
 
-    # Then they see their pipe close and exit
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+    # Then they see their pipes close and exit: the idle worker at once, the invoked one
+    # once its invocation is over, and the forkserver and resource tracker after them
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    assert not [pid for pid in descendants if alive(pid)]
+
+
+def all_descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                found.add(child)
+                pending.append(child)
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -333,10 +384,8 @@ def test_kill_ends_an_environment_still_loading(tmp_path: Path) -> None:
     failed: list[str] = []
     crashing = threading.Thread(target=lambda: failed.append(outcome(pool, {"exit": True})))
     crashing.start()
-    deadline = time.monotonic() + 10
-    while not any(worker.process is None for worker in pool._workers) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    (loading,) = [worker.pid for worker in pool._workers if worker.process is None]
+    wait_for(lambda: pool._loading)
+    (loading,) = [environment.pid for environment in pool._loading]
     pool.kill()
     crashing.join(10)
 
@@ -351,47 +400,157 @@ def test_kill_ends_an_environment_still_loading(tmp_path: Path) -> None:
 
 
 def test_a_replacement_runs_like_the_first_workers(tmp_path: Path) -> None:
-    # Given a pool at niceness 5 whose only worker died and was replaced by the zygote
+    # Given a pool at niceness 5 whose only worker died and was replaced
     pool = pool_of(tmp_path, workers=1, nice=5)
     base = os.nice(0)
     first = pool.invoke({})
     with pytest.raises(FunctionError, match="died"):
         pool.invoke({"exit": True})
-    zygote_descriptors = len(os.listdir(f"/proc/{pool._zygote.pid}/fd"))  # once it has served
+    forkserver = forkserver_pid()
+    forkserver_descriptors = len(os.listdir(f"/proc/{forkserver}/fd"))  # once it has served
     for _ in range(5):
         with pytest.raises(FunctionError, match="died"):
             pool.invoke({"exit": True})
     replacement = pool.invoke({})
 
     # Then the replacement has the pool's niceness, as the first worker had, and its own
-    # children can be waited for (the zygote ignores SIGCHLD; its workers must not)
+    # children can be waited for
     assert replacement["pid"] != first["pid"]
     assert first["nice"] == replacement["nice"] == base + 5
     assert (first["sigchld_ignored"], replacement["sigchld_ignored"]) == (False, False)
-    # And the zygote keeps no descriptor of the workers it forked
-    assert len(os.listdir(f"/proc/{pool._zygote.pid}/fd")) == zygote_descriptors
+    # And the forkserver keeps no descriptor of the workers that ended
+    assert len(os.listdir(f"/proc/{forkserver}/fd")) == forkserver_descriptors
+    assert pool.health().replaced == 6
     pool.stop()
 
 
-def test_a_failed_exchange_with_the_zygote_fails_the_invocation_and_wedges_nothing(
+def test_a_forkserver_that_cannot_start_workers_makes_the_function_unavailable_and_wedges_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a pool whose zygote's answer cannot be read (at the descriptor limit, say)
+    # Given a pool whose forkserver cannot be reached (at the descriptor limit, say)
     pool = pool_of(tmp_path, workers=1)
 
-    def refuse(connection: object) -> int:
-        raise RuntimeError("received 0 items of ancdata")
+    def refuse(descriptors: object) -> tuple[int, int]:
+        raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(multiprocessing.reduction, "recv_handle", refuse)
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", refuse)
 
     # When the worker dies and no replacement can be had
     with pytest.raises(FunctionError, match="died"):
         pool.invoke({"exit": True})
 
-    # Then the next invocation fails at once, and the pool still stops
-    with pytest.raises(FunctionError, match="every worker process died"):
+    # Then invocations fail as unavailable, and the pool still stops
+    with pytest.raises(FunctionUnavailable, match="Too many open files"):
         pool.invoke({})
     stopping = threading.Thread(target=pool.stop)
     stopping.start()
     stopping.join(10)
     assert not stopping.is_alive()
+
+
+def test_an_environment_killed_while_idle_is_replaced_before_any_invocation_needs_it(
+    two_workers: ProcessPoolFunction,
+) -> None:
+    # Given two idle environments
+    before = {environment.pid for environment in two_workers._environments}
+
+    # When one is killed from outside
+    killed = min(before)
+    os.kill(killed, signal.SIGKILL)
+
+    # Then a new one takes its place, with no invocation failing for it
+    wait_for(lambda: two_workers.health().replaced == 1)
+    health = two_workers.health()
+    assert (health.state, health.alive) == (FunctionState.OK, 2)
+    assert not alive(killed)
+    answers = [two_workers.invoke({"echo": n}) for n in range(4)]
+    assert [answer["echo"] for answer in answers] == [0, 1, 2, 3]
+    assert killed not in {answer["pid"] for answer in answers}
+    assert two_workers.errors == 0
+
+
+def test_environments_are_replaced_when_the_forkserver_goes_away(tmp_path: Path) -> None:
+    # Given a pool of two, invoked all along
+    pool = pool_of(tmp_path, workers=2)
+    first = {environment.pid for environment in pool._environments}
+    outcomes: list[str] = []
+    invoking = threading.Event()
+    invoking.set()
+
+    def invoke_all_along() -> None:
+        while invoking.is_set():
+            outcomes.append(outcome(pool, {"sleep": 0.01}))
+
+    invoker = threading.Thread(target=invoke_all_along)
+    invoker.start()
+
+    # When the forkserver is killed, and then with it every environment it forked
+    os.kill(forkserver_pid(), signal.SIGKILL)
+    wait_for(lambda: pool.health().replaced >= 2 and pool.health().state == FunctionState.OK)
+    os.kill(forkserver_pid(), signal.SIGKILL)
+    for environment in list(pool._environments):
+        os.kill(environment.pid, signal.SIGKILL)
+    wait_for(lambda: pool.health().replaced >= 4 and pool.health().state == FunctionState.OK)
+    invoking.clear()
+    invoker.join(10)
+
+    # Then new environments, forked from a new forkserver, serve; only invocations in the
+    # environments killed under them failed
+    assert not {environment.pid for environment in pool._environments} & first
+    assert outcomes.count("answered") >= 10
+    assert all(text == "answered" or "died" in text for text in outcomes), set(outcomes)
+    assert pool.invoke({"echo": "after"})["echo"] == "after"
+    pool.stop()
+
+
+def test_what_a_function_prints_goes_where_the_pipelines_standard_output_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the pipeline's standard output redirected to a function log, as `orderpipe local` does
+    log = tmp_path / "functions.log"
+    with log.open("w", encoding="utf-8") as function_log:
+        monkeypatch.setattr(sys, "stdout", function_log)
+        pool = pool_of(tmp_path, workers=1)
+        print("the pipeline's own line", file=function_log, flush=True)
+
+        # When the handler prints, in the first environment and in a replacement
+        pool.invoke({"say": "order o-1 stored"})
+        with pytest.raises(FunctionError, match="died"):
+            pool.invoke({"exit": True})
+        pool.invoke({"say": "order o-2 stored"})
+        pool.stop()
+
+    # Then its lines are in the log, after what was there, at once (each invocation flushed)
+    assert log.read_text().splitlines() == ["the pipeline's own line", "order o-1 stored", "order o-2 stored"]
+
+
+def test_the_forkserver_preloads_nothing_that_reads_a_functions_environment() -> None:
+    # Powertools' Logger and Metrics take the service name, namespace and stage from the
+    # environment when orderpipe.observability builds them: each function's, in its environment
+    preload = [name for name in PRELOADED_MODULES if name != "__main__"]
+    program = (
+        f"import importlib, sys\nfor name in {preload!r}: importlib.import_module(name)\n"
+        "print(sorted(sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+
+    assert "orderpipe.observability" not in loaded
+    assert "_app'" not in loaded  # no handler module
+
+
+def forkserver_pid() -> int:
+    """This process's forkserver (the standard library starts one per process)."""
+    for task in Path("/proc/self/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    raise AssertionError("no forkserver runs")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not true after {timeout} s"
+        time.sleep(0.02)

@@ -1,4 +1,5 @@
-"""The template's Lambda functions, run in-process with a Lambda context."""
+"""The template's Lambda functions, invoked with a Lambda context: in this process
+(`LocalFunction`), or in execution environments of their own (`ProcessPoolFunction`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ import contextlib
 import copy
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from orderpipe.aws import clients
 from orderpipe_local.runtime.gc_pauses import freeze_survivors
@@ -28,12 +33,45 @@ from orderpipe_local.runtime.lambda_context import LocalLambdaContext
 from orderpipe_local.stack.provision import Stack
 
 
+class FunctionState(StrEnum):
+    OK = "ok"  # every execution environment is up
+    DEGRADED = "degraded"  # some are being replaced; invocations wait for one
+    UNAVAILABLE = "unavailable"  # none is up and none could be started: invocations fail at once
+
+
+@dataclass(frozen=True)
+class FunctionHealth:
+    """A function's execution environments, for the status line."""
+
+    function_id: str
+    state: FunctionState
+    alive: int  # environments up (idle or invoked)
+    environments: int  # environments it should have
+    replaced: int = 0  # environments started in place of ended ones
+    unavailable_seconds: float = 0.0  # how long it has been unavailable
+    detail: str = ""  # why the last environment could not start
+
+    @property
+    def name(self) -> str:
+        """The name its logs go under: `WriterFunction` -> `writer`."""
+        return self.function_id.removesuffix("Function").lower() or self.function_id
+
+    def summary(self) -> str:
+        """`writer 4/4`, `writer 3/4 degraded (2 replaced)`, `writer 0/4 unavailable`."""
+        text = f"{self.name} {self.alive}/{self.environments}"
+        if self.state is not FunctionState.OK:
+            text += f" {self.state}"
+        if self.replaced:
+            text += f" ({self.replaced} replaced)"
+        return text
+
+
 @dataclass
 class LocalFunction:
     """One function of the template: its handler, timeout and memory, invoked like Lambda does.
 
     The handler is loaded from `code_dir` when first invoked (or by `load()`): a process that
-    only forks workers for it never imports it, so each worker imports it in its own
+    only starts workers for it never imports it, so each worker imports it in its own
     environment (`environment`: the function's variables).
     """
 
@@ -48,6 +86,7 @@ class LocalFunction:
     environment: dict[str, str] = field(default_factory=dict)
     _environment: threading.Lock = field(default_factory=threading.Lock, repr=False)
     concurrency = 1  # one execution environment
+    available = True  # it runs in the caller's process
 
     def load(self) -> Handler:
         if self.handler is None:
@@ -81,6 +120,9 @@ class LocalFunction:
                 self.errors += 1
                 raise FunctionError(f"{self.function_id} exited: {exit_!r}") from exit_
 
+    def health(self) -> FunctionHealth:
+        return FunctionHealth(self.function_id, FunctionState.OK, alive=1, environments=1)
+
 
 def load_functions(
     stack: Stack, root: Path, environments: Mapping[str, dict[str, str]] | None = None
@@ -103,191 +145,255 @@ def load_functions(
 
 
 class Invocable(Protocol):
-    """What the HTTP API and the SQS event source need of a function: invoke it with an event."""
+    """What the HTTP API and the event sources need of a function: invoke it with an event."""
 
     function_id: str
     invocations: int
     errors: int
     concurrency: int  # invocations it runs at once: its execution environments
 
+    @property
+    def available(self) -> bool:
+        """False while invocations would fail with FunctionUnavailable."""
+
     def invoke(self, event: dict[str, Any]) -> Any: ...
+
+    def health(self) -> FunctionHealth: ...
 
 
 class FunctionError(Exception):
     """The handler raised in a worker process; the message carries its traceback."""
 
 
+class FunctionUnavailable(FunctionError):
+    """The function was not invoked: none of its execution environments is up, and none could be
+    started. Not the handler's failure: the event may be retried once the function is back."""
+
+
+# --- execution environments in worker processes ----------------------------------------------
+
 WORKER_LOAD_TIMEOUT_SECONDS = 60.0
+# A function left without any environment, whose environments failed to start this many times in
+# a row, is unavailable: its invocations fail at once instead of waiting.
+STARTS_FAILED_BEFORE_UNAVAILABLE = 3
+# Failed starts are retried after 0.5 s, 1 s, 2 s, 4 s, then every RETRY_START_SECONDS.
+FIRST_RETRY_SECONDS = 0.5
+RETRY_START_SECONDS = 5.0
+_JOIN_SECONDS = 5.0
+
+# What every execution environment imports, imported once by the forkserver so that a new
+# environment, forked from it, starts with it in memory: with these a replacement is ready in
+# about 0.5 s instead of 2.5 s (see ProcessPoolFunction). Only modules that read nothing of a
+# function's environment when imported: `orderpipe.observability` builds Powertools' Logger
+# (service name, bound to sys.stdout) and Metrics (namespace, stage) from it, so it, the
+# modules that import it and the handlers load in each environment.
+PRELOADED_MODULES = [
+    "__main__",  # as the standard library preloads it: a child need not import it again
+    "boto3",
+    "pydantic",
+    "aws_xray_sdk.core",
+    "aws_lambda_powertools",
+    "aws_lambda_powertools.event_handler",
+    "aws_lambda_powertools.event_handler.openapi.params",
+    "aws_lambda_powertools.logging.correlation_paths",
+    "aws_lambda_powertools.utilities.batch",
+    "aws_lambda_powertools.utilities.idempotency",
+    "aws_lambda_powertools.utilities.idempotency.serialization.pydantic",
+    "aws_lambda_powertools.utilities.parser.models",
+    "aws_lambda_powertools.utilities.typing",
+    "orderpipe.aws.clients",
+    "orderpipe.models",
+    "orderpipe.support_email",
+    "orderpipe_local.runtime.functions",
+]
+
 log = logging.getLogger(__name__)
 
-# The handler of a worker process (one per process, loaded when it starts).
-_worker_handler: Handler | None = None
-# This process's ends of its workers' pipes, its own worker's among them: a worker closes those
-# it inherits, so that its pipe's other end is held by the pipeline alone, and the worker sees
-# EOF (and exits) when the pipeline goes, however it goes.
-_pipeline_ends: list[Connection] = []
+# Process.start() polls every child of this process, and Process.close() closes the descriptor it
+# polls: the two never run at once.
+_process_lifecycle = threading.Lock()
+# Environments not ended yet, ended at exit (see _end_environments_at_exit).
+_open_environments: set[_Environment] = set()
 
 
 @atexit.register
-def _let_workers_go() -> None:
+def _end_environments_at_exit() -> None:
     """At exit, before multiprocessing joins its children: a pool that was never stopped has
-    workers and a zygote that ignore SIGTERM and wait for their pipe; closing it ends them."""
-    for connection in list(_pipeline_ends):
-        with contextlib.suppress(OSError):
-            connection.close()
+    workers that ignore SIGTERM, which multiprocessing would wait for."""
+    for environment in list(_open_environments):
+        environment.end(join=False)
 
 
-def _init_worker(function: LocalFunction) -> None:
-    """A new execution environment, with the function's own variables: the parent coordinates
-    shutdown, so the worker ignores Ctrl-C and SIGTERM; boto3 clients must not cross a fork,
-    so they are built anew."""
-    global _worker_handler
+class _InheritedStream:
+    """This process's standard output, handed to a worker as a descriptor of the same open
+    file: the function log, where the pipeline and its workers write, interleaved, as if forked."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Called while Process.start() pickles the worker's arguments, when DupFd can pass a
+        # descriptor to the forkserver along with them.
+        return _open_inherited_stream, (reduction.DupFd(self.stream.fileno()), self.stream.encoding)
+
+
+def _open_inherited_stream(descriptor: Any, encoding: str) -> TextIO:
+    return open(descriptor.detach(), "w", encoding=encoding)
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What a worker needs to become an execution environment of a function: small and
+    picklable, as it travels to a process forked from the forkserver."""
+
+    function_id: str
+    code_dir: Path
+    handler_name: str
+    timeout_seconds: float
+    memory_mb: int
+    # The whole environment: the forkserver's is this process's when it started, not now.
+    environment: dict[str, str]
+    nice: int
+    stdout: Any  # an _InheritedStream here, the open file in the worker; None: the forkserver's
+
+
+def _serve_invocations(connection: Connection, spec: EnvironmentSpec) -> None:
+    """A worker process: load the handler, say so, then invoke it with each event received
+    until told to stop (None) or the pipeline goes away (its pipe closes)."""
+    # The pipeline coordinates shutdown: Ctrl-C and SIGTERM are its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for inherited in _pipeline_ends:
-        inherited.close()
-    os.environ.update(function.environment)
-    clients.reset()
-    assert function.code_dir is not None
-    _worker_handler = load_handler(function.code_dir, function.handler_name, f"{function.function_id}_app")
-    freeze_survivors()
-
-
-def _invoke_in_worker(
-    function_id: str, timeout_seconds: float, memory_mb: int, event: dict[str, Any]
-) -> tuple[bool, Any]:
-    """(True, result), or (False, the traceback) when the handler raised: an exception may not
-    pickle, its text always does."""
-    assert _worker_handler is not None
-    context = LocalLambdaContext(
-        function_name=function_id, timeout_seconds=timeout_seconds, memory_limit_in_mb=memory_mb
-    )
     try:
-        return True, _worker_handler(event, context)
-    except BaseException:  # sys.exit() too: a function error (this environment goes on)
-        return False, traceback.format_exc()
-    finally:
-        # The function log is a file shared with the parent: write this invocation's lines out.
-        sys.stdout.flush()
-
-
-def _serve_invocations(connection: Connection, function: LocalFunction, nice: int) -> None:
-    """A worker process: load the handler, say so, then invoke it with each event received
-    until told to stop (None) or the pipeline goes away."""
-    try:
-        os.nice(nice)
-        _init_worker(function)
+        os.nice(spec.nice)
+        handler = _become_environment(spec)
     except BaseException:
-        connection.send((False, traceback.format_exc()))
-        raise
+        with contextlib.suppress(OSError):
+            connection.send((False, traceback.format_exc()))
+        raise SystemExit(1) from None
     connection.send((True, os.getpid()))
     while True:
         try:
             event = connection.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if event is None:
             return
-        answer = _invoke_in_worker(function.function_id, function.timeout_seconds, function.memory_mb, event)
+        answer = _invoke_in_environment(handler, spec, event)
         try:
             payload = ForkingPickler.dumps(answer)
         except Exception:  # a response that cannot be pickled back: a function error
             payload = ForkingPickler.dumps((False, traceback.format_exc()))
-        connection.send_bytes(payload)
-
-
-def _serve_zygote(control: Connection, function: LocalFunction, nice: int) -> None:
-    """A pool's zygote: forked with the pool, before any thread of the pipeline starts, it forks
-    each new worker the pool asks for, so that no worker is ever forked from a process with
-    threads. It sends the new worker's pipe end (as a file descriptor) and pid back, and ends
-    when the pool stops or the pipeline goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers it forks
-    for inherited in _pipeline_ends:
-        inherited.close()
-    os.nice(nice)  # its workers inherit it
-    while True:
         try:
-            if control.recv() is None:
-                return
-        except EOFError:
+            connection.send_bytes(payload)
+        except OSError:  # the pipeline is gone
             return
-        try:
-            pipeline_end, worker_end = multiprocessing.Pipe()
-            pid = os.fork()
-        except OSError as error:  # no process or pipe to be had now: the pool may ask again
-            control.send((False, repr(error)))
-            continue
-        if pid == 0:
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the handler's own children
-                control.close()
-                pipeline_end.close()
-                _serve_invocations(worker_end, function, nice=0)
-            finally:
-                os._exit(0)
-        worker_end.close()
-        control.send((True, pid))
-        reduction.send_handle(control, pipeline_end.fileno(), os.getppid())
-        pipeline_end.close()
 
 
-@dataclass
-class _Worker:
+def _become_environment(spec: EnvironmentSpec) -> Handler:
+    """The function's variables, its output to the function log, boto3 clients of its own (a
+    cached one may come from a module the forkserver preloaded), then its handler."""
+    os.environ.clear()
+    os.environ.update(spec.environment)
+    if spec.stdout is not None:
+        sys.stdout = spec.stdout
+        # Powertools warns through `warnings`: function output too, as in the pipeline's process.
+        warnings.showwarning = _warning_to_function_log
+    clients.reset()
+    handler = load_handler(spec.code_dir, spec.handler_name, f"{spec.function_id}_app")
+    freeze_survivors()
+    return handler
+
+
+def _warning_to_function_log(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    sys.stdout.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _invoke_in_environment(
+    handler: Handler, spec: EnvironmentSpec, event: dict[str, Any]
+) -> tuple[bool, Any]:
+    """(True, result), or (False, the traceback) when the handler raised: an exception may not
+    pickle, its text always does."""
+    context = LocalLambdaContext(
+        function_name=spec.function_id,
+        timeout_seconds=spec.timeout_seconds,
+        memory_limit_in_mb=spec.memory_mb,
+    )
+    try:
+        return True, handler(event, context)
+    except BaseException:  # sys.exit() too: a function error (this environment goes on)
+        return False, traceback.format_exc()
+    finally:
+        # The function log is a file shared with the pipeline: write this invocation's lines out.
+        sys.stdout.flush()
+
+
+@dataclass(eq=False)
+class _Environment:
+    """One execution environment: a worker process and the pipeline's end of its pipe."""
+
+    process: BaseProcess
     pid: int
-    connection: Connection  # the pipeline's end of the worker's pipe
-    process: BaseProcess | None = None  # None: forked by the zygote, not by this process
-    alive: bool = True
-    # A worker the zygote forked is reaped by the kernel once it exits, and its pid may then be
-    # another process's: it is signalled through a pidfd, which names that one process only.
-    pidfd: int | None = None
-    _closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    connection: Connection
+    started: float  # time.monotonic() when it was started
+    replacement: bool  # started in place of one that ended
+    # Its process's end was told while it was invoked: it is retired when the invocation is over.
+    exit_told: bool = False
+    _ended: bool = False
+    _ending: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def kill(self) -> None:
-        """SIGKILL, and reap it if it is this process's child."""
-        self.alive = False
-        if self.process is not None:
-            self.process.kill()
-            self.process.join(5)
-        else:
-            with self._closing:
-                if self.pidfd is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-
-    def end(self) -> None:
-        self.kill()
-        self.close()
-
-    def close(self) -> None:
-        """Once, whichever threads ask (kill() and a replacement's own clean-up may both)."""
-        with self._closing:
-            with contextlib.suppress(ValueError):
-                _pipeline_ends.remove(self.connection)
-            self.connection.close()
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-                self.pidfd = None
+    def end(self, *, join: bool = True) -> None:
+        """SIGKILL it, close its pipe and reap it; once, whichever threads ask."""
+        with self._ending:
+            if self._ended:
+                return
+            self._ended = True
+            _open_environments.discard(self)
+            with contextlib.suppress(OSError, ValueError):
+                self.process.kill()  # does nothing once its exit is known
+                if self.process.exitcode is not None and not self.connection.poll(0):
+                    # Its exit was told (the forkserver that forked it went away, and told
+                    # 255), yet it holds its pipe open: it lives, and its pid is still its own.
+                    os.kill(self.pid, signal.SIGKILL)
+            self.connection.close()  # an idle worker whose kill did nothing exits at EOF
+            if not join:
+                return
+            self.process.join(_JOIN_SECONDS)
+            if self.process.exitcode is not None:
+                with _process_lifecycle:
+                    self.process.close()
 
 
 class ProcessPoolFunction:
-    """A function run in `workers` execution environments, each a forked process that handles
+    """A function run in `workers` execution environments, each a worker process that handles
     one invocation at a time, so that invocations run in parallel without sharing the
-    handler's module state. An invocation takes a free worker and talks to it over its own
+    handler's module state. An invocation takes a free environment and talks to it over its own
     pipe: no thread of this process stands between the caller and the worker.
 
-    As in Lambda, an invocation that runs over the function's timeout fails ("Task timed out")
-    and its environment is ended; an environment that ends, timed out or crashed, is replaced
-    by a new one, loaded before the failed invocation is answered.
+    The workers are forked by the standard library's forkserver (one per pipeline process): a
+    process started clean, with the modules every environment needs already imported
+    (PRELOADED_MODULES), and no thread, so a worker can be started at any time, from any
+    thread. A replacement is ready (handler loaded) in about 0.5 s on the 2-core machine,
+    against 2.5 s without the preloaded modules.
 
-    Create it before any thread of this process starts (forking a process with running threads
-    is unsafe): the workers and the pool's zygote, which forks the replacements, are forked at
-    once, here, and the workers loaded before it returns.
+    As in Lambda, an invocation that runs over the function's timeout fails ("Task timed out")
+    and its environment is ended. An environment that ends, timed out, crashed or killed while
+    idle, is replaced by a new one promptly: a watcher thread waits on the processes'
+    sentinels. If the forkserver itself goes away, the environments it forked are retired and
+    replaced from a new one. If no environment is left and STARTS_FAILED_BEFORE_UNAVAILABLE starts
+    in a row fail, the function is unavailable: invocations raise FunctionUnavailable at once,
+    and starts are retried every RETRY_START_SECONDS until one succeeds.
     """
 
     def __init__(self, function: LocalFunction, workers: int, *, nice: int = 0) -> None:
-        """`nice`: the workers' niceness (see PipelineConfig.background_nice)."""
+        """`nice`: the workers' niceness (see PipelineConfig.background_nice). Returns once
+        every worker has loaded the handler; one that cannot fails the pool."""
         if function.code_dir is None or not function.handler_name:
             raise ValueError(f"{function.function_id}: no code to load in a worker")
         self.function_id = function.function_id
@@ -295,194 +401,397 @@ class ProcessPoolFunction:
         self.workers = self.concurrency = workers
         self.invocations = 0
         self.errors = 0
+        self.replaced = 0
         self.timeout_seconds = function.timeout_seconds
-        self._free: list[_Worker] = []
-        self._free_changed = threading.Condition()
-        self._replacing = 0  # environments being started in place of ended ones
+        self.last_start_seconds = 0.0  # how long the last environment took to load
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(PRELOADED_MODULES)
+        self._spec = EnvironmentSpec(
+            function_id=function.function_id,
+            code_dir=function.code_dir,
+            handler_name=function.handler_name,
+            timeout_seconds=function.timeout_seconds,
+            memory_mb=function.memory_mb,
+            environment=dict(os.environ) | function.environment,
+            nice=nice,
+            stdout=_InheritedStream(sys.stdout) if _has_descriptor(sys.stdout) else None,
+        )
+        self._changed = threading.Condition()
+        self._environments: set[_Environment] = set()  # up: free or invoked
+        self._free: list[_Environment] = []
+        self._loading: list[_Environment] = []
+        self._invoked = 0
         self._stopping = False
-        self._zygote_lock = threading.Lock()  # one request to the zygote at a time
-        self._workers = [self._fork(_serve_invocations, function, nice, "worker") for _ in range(workers)]
-        self._zygote = self._fork(_serve_zygote, function, nice, "zygote")
-        for worker in self._workers:  # a worker that fails to load fails the pipeline's start
-            loaded, detail = self._loaded(worker)
+        self._failed_starts = 0  # in a row
+        self._last_failure = ""
+        self._next_start = 0.0
+        self._unavailable_since: float | None = None
+        self._wakeup, self._wake_watcher = os.pipe()
+        os.set_blocking(self._wake_watcher, False)
+        self._watcher: threading.Thread | None = None
+        self._closed = False
+        self._start_first(workers)
+        self._watcher = threading.Thread(target=self._watch, name=f"{self.name} watcher", daemon=True)
+        self._watcher.start()
+
+    def _start_first(self, workers: int) -> None:
+        try:
+            for _ in range(workers):
+                self._loading.append(self._start_environment(replacement=False))
+        except Exception as error:
+            self.kill()
+            raise FunctionError(f"{self.function_id}: a worker could not be started: {error!r}") from error
+        deadline = time.monotonic() + WORKER_LOAD_TIMEOUT_SECONDS
+        for environment in list(self._loading):
+            loaded, detail = _loaded(environment, max(0.0, deadline - time.monotonic()))
             if not loaded:
                 self.kill()
                 raise FunctionError(f"{self.function_id}: a worker could not load the handler:\n{detail}")
-            self._free.append(worker)
+            self._loading.remove(environment)
+            self._environments.add(environment)
+            self._free.append(environment)
+            self.last_start_seconds = time.monotonic() - environment.started
 
-    def _fork(self, target: Any, function: LocalFunction, nice: int, role: str) -> _Worker:
-        """A child of this process running `target` (a worker, or the zygote) on its own pipe."""
-        sys.stdout.flush()  # what is buffered would be written again by the child
-        sys.stderr.flush()
-        context = multiprocessing.get_context("fork")
-        pipeline_end, child_end = context.Pipe()
-        _pipeline_ends.append(pipeline_end)  # before the fork: the child closes its copy
-        process = context.Process(
-            target=target, args=(child_end, function, nice), name=f"{self.function_id} {role}", daemon=True
+    def _start_environment(self, *, replacement: bool) -> _Environment:
+        pipeline_end, worker_end = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve_invocations,
+            args=(worker_end, self._spec),
+            name=f"{self.function_id} environment",
+            daemon=True,
         )
-        process.start()
-        child_end.close()
-        assert process.pid is not None
-        return _Worker(process.pid, pipeline_end, process)
-
-    @staticmethod
-    def _loaded(worker: _Worker, timeout: float = WORKER_LOAD_TIMEOUT_SECONDS) -> tuple[bool, str]:
         try:
-            if not worker.connection.poll(timeout):
-                return False, f"the worker did not load within {timeout:.0f} s"
-            loaded, detail = worker.connection.recv()
-            return bool(loaded), str(detail)
-        except (EOFError, OSError):
-            return False, "the worker exited while loading"
+            with _process_lifecycle:
+                process.start()
+        except BaseException:
+            pipeline_end.close()
+            raise
+        finally:
+            worker_end.close()  # the worker holds the other end alone: its exit reads as EOF
+        assert process.pid is not None
+        environment = _Environment(process, process.pid, pipeline_end, time.monotonic(), replacement)
+        _open_environments.add(environment)
+        return environment
+
+    # --- invoking ------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        with self._changed:
+            return self._unavailable_since is None
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        """Call the handler in a free worker (waiting for one). An exception it raises, its
-        timeout, or the worker's death is a FunctionError."""
+        """Call the handler in a free environment (waiting for one). An exception it raises, its
+        timeout, or its environment's death is a FunctionError; no environment to be had,
+        FunctionUnavailable."""
         try:
             payload = ForkingPickler.dumps(event)
         except Exception as error:
             raise FunctionError(f"{self.function_id}: the event cannot be sent: {error!r}") from error
-        worker = self._take()
+        environment = self._take()
         try:
-            ok, result = self._call(worker, payload)
+            ok, result = self._call(environment, payload)
         finally:
-            with self._free_changed:
-                if worker.alive:
-                    self._free.append(worker)
-                self._free_changed.notify_all()
+            self._give_back(environment)
         if not ok:
-            with self._free_changed:
+            with self._changed:
                 self.errors += 1
             raise FunctionError(result)
         return result
 
-    def _take(self) -> _Worker:
-        with self._free_changed:
+    def _take(self) -> _Environment:
+        with self._changed:
             while not self._free:
                 if self._stopping:
                     raise FunctionError(f"{self.function_id}: stopped")
-                if not self._replacing and not any(worker.alive for worker in self._workers):
-                    raise FunctionError(f"{self.function_id}: every worker process died")
-                self._free_changed.wait()
+                if self._unavailable_since is not None:
+                    raise FunctionUnavailable(self._unavailable_reason())
+                self._changed.wait()
             if self._stopping:
                 raise FunctionError(f"{self.function_id}: stopped")
             self.invocations += 1
+            self._invoked += 1
             return self._free.pop()
 
-    def _call(self, worker: _Worker, payload: memoryview) -> tuple[bool, Any]:
+    def _give_back(self, environment: _Environment) -> None:
+        retire = False
+        with self._changed:
+            self._invoked -= 1
+            if environment in self._environments:  # not ended with its invocation, nor by kill()
+                if environment.exit_told:
+                    self._environments.discard(environment)
+                    self._update_state()
+                    retire = True
+                else:
+                    self._free.append(environment)
+            self._changed.notify_all()
+        if retire:
+            environment.end()
+            self._wake()
+
+    def _call(self, environment: _Environment, payload: memoryview) -> tuple[bool, Any]:
         try:
-            worker.connection.send_bytes(payload)
-            if not worker.connection.poll(self.timeout_seconds):
-                self._end(worker)
+            environment.connection.send_bytes(payload)
+            if not environment.connection.poll(self.timeout_seconds):
+                self._end(environment)
                 return False, f"{self.function_id}: Task timed out after {self.timeout_seconds:.2f} seconds"
-            answer: tuple[bool, Any] = worker.connection.recv()
+            answer: tuple[bool, Any] = environment.connection.recv()
         except (EOFError, OSError) as error:  # the worker died or was killed: a function error
-            self._end(worker)
-            return False, f"{self.function_id}: its worker (pid {worker.pid}) died: {error!r}"
+            self._end(environment)
+            return False, f"{self.function_id}: its worker (pid {environment.pid}) died: {error!r}"
         ok, result = answer
         return ok, result if ok else f"{self.function_id} raised:\n{result}"
 
-    def _end(self, worker: _Worker) -> None:
-        """End a worker whose invocation failed with it, and start another in its place."""
-        with self._free_changed:
-            worker.alive = False
-            self._workers.remove(worker)
-            replace = not self._stopping
-            if replace:
-                self._replacing += 1
-        try:
-            worker.end()
-        finally:
-            if replace:
-                self._replace()
+    def _end(self, environment: _Environment) -> None:
+        """End an environment whose invocation failed with it; the watcher starts another."""
+        with self._changed:
+            self._environments.discard(environment)
+            self._update_state()
+        environment.end()
+        self._wake()  # after end(): it closed descriptors the watcher may be waiting on
 
-    def _replace(self) -> None:
-        """A new worker from the zygote, loaded before it joins the free ones (in the caller's
-        thread: the invocation that failed is answered once its environment is back).
-        Counted in `_replacing` until it is done, whatever happens."""
-        worker, loaded, detail = None, False, ""
-        try:
-            worker = self._spawn()
-            with self._free_changed:
-                self._workers.append(worker)
-            loaded, detail = self._loaded(worker)
-        except Exception as error:
-            detail = repr(error)
-        finally:
-            with self._free_changed:
-                self._replacing -= 1
-                if worker is not None and loaded and worker.alive and not self._stopping:
-                    self._free.append(worker)
-                    worker = None
-                elif worker is not None and worker in self._workers:
-                    self._workers.remove(worker)
-                self._free_changed.notify_all()
-        if worker is not None:  # not loaded, or stopped meanwhile
-            worker.end()
-        if not loaded:
-            log.error("%s: a new execution environment could not start: %s", self.function_id, detail)
+    # --- health --------------------------------------------------------------------------------
 
-    def _spawn(self) -> _Worker:
-        """Ask the zygote for a new worker. A conversation cut short leaves the zygote's pipe out
-        of step: the zygote is then ended, and no further worker is asked of it."""
-        with self._zygote_lock:
-            if not self._zygote.alive:
-                raise FunctionError(f"{self.function_id}: no zygote to start a new environment")
-            descriptor = None
+    def health(self) -> FunctionHealth:
+        with self._changed:
+            since = self._unavailable_since
+            return FunctionHealth(
+                self.function_id,
+                self._state(),
+                alive=len(self._environments),
+                environments=self.workers,
+                replaced=self.replaced,
+                unavailable_seconds=0.0 if since is None else time.monotonic() - since,
+                detail=self._last_failure,
+            )
+
+    def _state(self) -> FunctionState:
+        if len(self._environments) >= self.workers:
+            return FunctionState.OK
+        if not self._environments and self._failed_starts >= STARTS_FAILED_BEFORE_UNAVAILABLE:
+            return FunctionState.UNAVAILABLE
+        return FunctionState.DEGRADED
+
+    def _update_state(self) -> None:
+        """After the environments or the failed starts changed (the lock held): note when the
+        function became unavailable, or available again, and let waiting invocations know."""
+        unavailable = self._state() is FunctionState.UNAVAILABLE
+        if unavailable and self._unavailable_since is None and not self._stopping:
+            self._unavailable_since = time.monotonic()
+            log.error("%s", self._unavailable_reason())
+            self._changed.notify_all()
+        elif not unavailable and self._unavailable_since is not None:
+            self._unavailable_since = None
+            log.warning("%s is available again", self.function_id)
+
+    def _unavailable_reason(self) -> str:
+        last = self._last_failure.strip().splitlines()[-1:] or ["?"]
+        return (
+            f"{self.function_id} is unavailable: none of its execution environments is up and "
+            f"{self._failed_starts} starts in a row failed (the last: {last[0]})"
+        )
+
+    # --- the watcher ---------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Replace what ends while idle or loads no handler, and start what is missing."""
+        while True:
+            with self._changed:
+                if self._stopping:
+                    return
+                starts = self._starts_due()
+                idle = {environment.process.sentinel: environment for environment in self._free}
+                loading = {environment.connection: environment for environment in self._loading}
+                timeout = self._next_wake()
+            if starts:
+                self._start_replacements(starts)
+                continue
+            ready = multiprocessing.connection.wait([self._wakeup, *idle, *loading], timeout)
+            if self._wakeup in ready:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.read(self._wakeup, 4096)
+            ended: list[_Environment] = []
+            with self._changed:
+                for key in ready:
+                    if key in idle:
+                        self._exit_told(idle[key], ended)
+                    elif isinstance(key, Connection) and loading.get(key) in self._loading:
+                        self._settle(loading[key], ended)
+                self._settle_overdue(ended)
+                self._update_state()
+                self._changed.notify_all()
+            for environment in ended:
+                environment.end()
+
+    def _starts_due(self) -> int:
+        missing = self.workers - len(self._environments) - len(self._loading)
+        if missing <= 0 or time.monotonic() < self._next_start:
+            return 0
+        if self._failed_starts:  # one at a time until one starts
+            return 0 if self._loading else 1
+        return missing
+
+    def _next_wake(self) -> float | None:
+        now = time.monotonic()
+        wakes = [environment.started + WORKER_LOAD_TIMEOUT_SECONDS - now for environment in self._loading]
+        if self.workers > len(self._environments) + len(self._loading):
+            wakes.append(self._next_start - now)
+        return max(0.0, min(wakes)) if wakes else None
+
+    def _start_replacements(self, count: int) -> None:
+        for _ in range(count):
             try:
-                self._zygote.connection.send(True)
-                forked, pid = self._zygote.connection.recv()
-                if not forked:
-                    raise FunctionError(f"{self.function_id}: the zygote could not fork: {pid}")
-                descriptor = reduction.recv_handle(self._zygote.connection)
-                worker = _Worker(pid, Connection(descriptor))
-                descriptor = None
-                _pipeline_ends.append(worker.connection)
-            except FunctionError:
-                raise
-            except Exception:
-                if descriptor is not None:
-                    os.close(descriptor)
-                self._zygote.kill()
-                raise
+                environment = self._start_environment(replacement=True)
+            except Exception as error:  # no process to be had, or the forkserver went away
+                with self._changed:
+                    self._start_failed(f"the worker could not be started: {error!r}")
+                    self._update_state()
+                return
+            with self._changed:
+                stopping = self._stopping
+                if not stopping:
+                    self._loading.append(environment)
+            if stopping:
+                environment.end()
+                return
+
+    def _exit_told(self, environment: _Environment, ended: list[_Environment]) -> None:
+        """An environment's sentinel: its process ended, or the forkserver that forked it did
+        (which tells every child's end). Either way it is retired and replaced: the idle one
+        now, an invoked one when its invocation is over."""
+        if environment not in self._free:
+            if environment in self._environments:
+                environment.exit_told = True
+            return
+        self._free.remove(environment)
+        self._environments.discard(environment)
+        ended.append(environment)
+        connection = environment.connection
+        if connection.closed or connection.poll(0):  # EOF: the worker is gone
+            log.warning(
+                "%s: an idle execution environment (pid %s) ended; starting another",
+                self.function_id,
+                environment.pid,
+            )
+        else:
+            log.warning(
+                "%s: the forkserver went away; replacing the environment it forked (pid %s)",
+                self.function_id,
+                environment.pid,
+            )
+
+    def _settle(self, environment: _Environment, ended: list[_Environment]) -> None:
+        """A loading environment spoke (or ended): up, or a failed start."""
+        self._loading.remove(environment)
         try:
-            worker.pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:  # it has ended already
-            worker.alive = False
-        return worker
+            loaded, detail = environment.connection.recv()
+        except (EOFError, OSError):
+            loaded, detail = False, "the worker exited while loading"
+        if not loaded or self._stopping:
+            self._start_failed(str(detail))
+            ended.append(environment)
+            return
+        self._failed_starts = 0
+        self.replaced += environment.replacement
+        self.last_start_seconds = time.monotonic() - environment.started
+        self._environments.add(environment)
+        self._free.append(environment)
+
+    def _settle_overdue(self, ended: list[_Environment]) -> None:
+        now = time.monotonic()
+        for environment in list(self._loading):
+            if now - environment.started >= WORKER_LOAD_TIMEOUT_SECONDS:
+                self._loading.remove(environment)
+                self._start_failed(f"the worker did not load within {WORKER_LOAD_TIMEOUT_SECONDS:.0f} s")
+                ended.append(environment)
+
+    def _start_failed(self, detail: str) -> None:
+        if self._stopping:
+            return
+        self._failed_starts += 1
+        self._last_failure = detail
+        delay = min(RETRY_START_SECONDS, FIRST_RETRY_SECONDS * 2 ** (self._failed_starts - 1))
+        self._next_start = time.monotonic() + delay
+        log.error(
+            "%s: an execution environment could not start (%d in a row; next try in %.1f s): %s",
+            self.function_id,
+            self._failed_starts,
+            delay,
+            detail,
+        )
+
+    def _wake(self) -> None:
+        with self._changed, contextlib.suppress(BlockingIOError, OSError):
+            if not self._closed:  # once closed, the descriptor's number may be another file's
+                os.write(self._wake_watcher, b"!")
+
+    # --- stopping ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Let the invocations in flight finish, then end the workers and the zygote."""
-        with self._free_changed:
+        """Let the invocations in flight finish, then end the environments."""
+        with self._changed:
             self._stopping = True
-            self._free_changed.notify_all()  # those waiting for a worker are refused
-            self._free_changed.wait_for(
-                lambda: not self._replacing and len(self._free) == sum(w.alive for w in self._workers)
-            )
-            workers = [*self._workers, self._zygote]
-        for worker in workers:
+            self._changed.notify_all()  # those waiting for an environment are refused
+            self._changed.wait_for(lambda: self._invoked == 0)
+        self._stop_watcher()
+        with self._changed:
+            environments, loading = list(self._environments), list(self._loading)
+            self._environments.clear()
+            self._free.clear()
+            self._loading.clear()
+        for environment in environments:
             with contextlib.suppress(OSError):
-                worker.connection.send(None)
-        for worker in workers:
-            if worker.process is not None:
-                worker.process.join()
-            else:  # not this process's child: gone once its pipe reads EOF
-                with contextlib.suppress(EOFError, OSError):
-                    while worker.connection.poll(5) and worker.connection.recv_bytes():
-                        pass
-            worker.close()
+                environment.connection.send(None)
+        for environment in environments:
+            environment.process.join(_JOIN_SECONDS)
+        for environment in [*environments, *loading]:
+            environment.end()
+        self._close()
 
     def kill(self) -> None:
-        """End the workers at once (their invocations are stuck), and reap them."""
-        with self._free_changed:
+        """End the environments at once (their invocations are stuck), and reap them."""
+        with self._changed:
             self._stopping = True
-            self._free_changed.notify_all()
-            workers = [*self._workers, self._zygote]
-        for worker in workers:
-            worker.kill()
-        for worker in workers:
-            if worker.process is None or not worker.process.is_alive():
-                worker.close()
+            self._changed.notify_all()
+            environments = [*self._environments, *self._loading]
+            self._environments.clear()
+            self._free.clear()
+            self._loading.clear()
+        for environment in environments:
+            environment.end()
+        self._stop_watcher()
+        self._close()
+
+    def _stop_watcher(self) -> None:
+        self._wake()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(WORKER_LOAD_TIMEOUT_SECONDS)
+
+    def _close(self) -> None:
+        with self._changed:
+            if self._closed or (self._watcher is not None and self._watcher.is_alive()):
+                return  # (a watcher still starting a process may yet wake itself)
+            self._closed = True
+        os.close(self._wakeup)
+        os.close(self._wake_watcher)
+
+
+def _loaded(environment: _Environment, timeout: float) -> tuple[bool, str]:
+    try:
+        if not environment.connection.poll(timeout):
+            return False, f"the worker did not load within {WORKER_LOAD_TIMEOUT_SECONDS:.0f} s"
+        loaded, detail = environment.connection.recv()
+        return bool(loaded), str(detail)
+    except (EOFError, OSError):
+        return False, "the worker exited while loading"
+
+
+def _has_descriptor(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
 
 
 class Poller(Protocol):
