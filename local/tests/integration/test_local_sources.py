@@ -25,7 +25,12 @@ import boto3
 import pytest
 
 from orderpipe_local.moto.endpoint import AwsEndpoint
-from orderpipe_local.runtime.functions import LocalFunction
+from orderpipe_local.runtime.functions import (
+    FunctionHealth,
+    FunctionState,
+    FunctionUnavailable,
+    LocalFunction,
+)
 from orderpipe_local.sources.dynamodb_stream import DynamoDBStreamEventSource
 from orderpipe_local.sources.email_outbox import EmailOutbox
 from orderpipe_local.sources.sqs import SqsEventSource
@@ -108,6 +113,36 @@ class RecordingHandler:
 
 def local_function(function_id: str, handler: RecordingHandler) -> LocalFunction:
     return LocalFunction(function_id=function_id, handler=handler, timeout_seconds=30, memory_mb=512)
+
+
+class FunctionWithOutage:
+    """A function the test takes down: unavailable, as a pool is once none of its execution
+    environments can be started. `refusals`: invocations refused even while it looks available
+    (the outage beginning after the batch was received)."""
+
+    concurrency = 1
+
+    def __init__(self, function: LocalFunction, *, refusals: int = 0) -> None:
+        self.function = function
+        self.function_id = function.function_id
+        self.down = threading.Event()
+        self.refusals = refusals
+        self.refused = 0
+        self.invocations = self.errors = 0  # the wrapped function counts its own
+
+    @property
+    def available(self) -> bool:
+        return not self.down.is_set()
+
+    def invoke(self, event: dict[str, Any]) -> Any:
+        if self.down.is_set() or self.refused < self.refusals:
+            self.refused += 1
+            raise FunctionUnavailable(f"{self.function_id} is unavailable")
+        return self.function.invoke(event)
+
+    def health(self) -> FunctionHealth:
+        state = FunctionState.UNAVAILABLE if self.down.is_set() else FunctionState.OK
+        return FunctionHealth(self.function_id, state, alive=int(self.available), environments=1)
 
 
 def queue_counts(sqs: SQSClient, queue_url: str) -> tuple[int, int]:
@@ -258,6 +293,7 @@ def test_sqs_batches_gather_within_the_batching_window(endpoint: AwsEndpoint, st
         "succeeded": 41,
         "failed": 0,
         "filtered": 0,
+        "returned": 0,
     }
 
 
@@ -394,6 +430,63 @@ def test_a_poison_message_reaches_the_dlq_after_five_receives(
     (dead,) = sqs.receive_message(QueueUrl=dlq_url, AttributeNames=["All"])["Messages"]
     assert dead["Body"] == "poison"
     assert dead["MessageId"] == received[0]["messageId"]
+    wait_until(lambda: queue_counts(sqs, queue_url) == (0, 0))
+
+
+def test_sqs_receives_nothing_while_the_function_is_unavailable(
+    endpoint: AwsEndpoint, started: list[Any]
+) -> None:
+    # Given the writer's mapping, its function unavailable, and messages in the queue
+    stack = make_stack(endpoint)
+    sqs = sqs_client(endpoint)
+    queue_url = stack.ref("OrdersQueue")
+    handler = RecordingHandler()
+    function = FunctionWithOutage(local_function("WriterFunction", handler))
+    function.down.set()
+    (mapping,) = stack.event_source_mappings("WriterFunction")
+    source = SqsEventSource(stack, mapping, function, endpoint.url)
+    send_bodies(sqs, queue_url, ["o-1", "o-2", "o-3"])
+
+    # When the source runs through the outage, and the function comes back
+    source.start()
+    started.append(source)
+    time.sleep(1.5)
+    during = queue_counts(sqs, queue_url)
+    function.down.clear()
+    wait_until(lambda: sum(len(batch) for batch in handler.batches) == 3)
+
+    # Then the messages waited in the queue, visible, and their receives were not spent on it
+    assert during == (3, 0)
+    received = [record for batch in handler.batches for record in batch]
+    assert {record["attributes"]["ApproximateReceiveCount"] for record in received} == {"1"}
+    wait_until(lambda: queue_counts(sqs, queue_url) == (0, 0))
+    assert source.stats()["failed"] == 0
+
+
+def test_sqs_a_batch_the_function_is_unavailable_for_goes_back_to_the_queue_at_once(
+    endpoint: AwsEndpoint, started: list[Any]
+) -> None:
+    # Given the writer's mapping (a 180 s visibility timeout) and a function that becomes
+    # unavailable just after a batch was received
+    stack = make_stack(endpoint, WriterBatchingWindowSeconds="0")
+    sqs = sqs_client(endpoint)
+    queue_url = stack.ref("OrdersQueue")
+    handler = RecordingHandler()
+    function = FunctionWithOutage(local_function("WriterFunction", handler), refusals=1)
+    (mapping,) = stack.event_source_mappings("WriterFunction")
+    source = SqsEventSource(stack, mapping, function, endpoint.url)
+    send_bodies(sqs, queue_url, ["o-1", "o-2"])
+
+    # When the source invokes it
+    source.start()
+    started.append(source)
+    wait_until(lambda: sum(len(batch) for batch in handler.batches) == 2)
+
+    # Then the refused batch was visible again at once (not after 180 s), and counts as returned,
+    # not failed
+    assert function.refused == 1
+    assert source.stats()["returned"] == 2
+    assert source.stats()["failed"] == 0
     wait_until(lambda: queue_counts(sqs, queue_url) == (0, 0))
 
 
@@ -731,6 +824,31 @@ def test_stream_retries_exhausted_send_the_range_from_the_checkpoint(
     put_order(dynamodb, stack, "o-4")
     wait_until(lambda: ["o-4"] in [order_ids(batch) for batch in handler.batches])
     assert source.stats()["sent_to_dlq"] == 2
+
+
+def test_stream_holds_a_batch_while_the_function_is_unavailable_without_spending_retries(
+    endpoint: AwsEndpoint, started: list[Any]
+) -> None:
+    # Given a mapping that gives a batch up at its first failure, and a function unavailable for
+    # its first two tries
+    stack = make_stack(endpoint)
+    dynamodb = dynamodb_client(endpoint)
+    handler = RecordingHandler()
+    (mapping,) = stack.event_source_mappings("NotifierFunction")
+    function = FunctionWithOutage(local_function("NotifierFunction", handler), refusals=2)
+    source = DynamoDBStreamEventSource(stack, mapping | {"MaximumRetryAttempts": 0}, function, endpoint.url)
+    source.start()
+    started.append(source)
+
+    # When an order is stored
+    put_order(dynamodb, stack, "o-1")
+    wait_until(lambda: len(handler.events) == 1, timeout=15)
+
+    # Then the batch waited for the function, and reached it: no retry spent, nothing given up
+    assert function.refused == 2
+    assert [order_ids(batch) for batch in handler.batches] == [["o-1"]]
+    stats = source.stats()
+    assert (stats["batches"], stats["succeeded"], stats["failed"], stats["sent_to_dlq"]) == (1, 1, 0, 0)
 
 
 def test_stream_records_older_than_the_maximum_age_are_given_up(

@@ -25,7 +25,7 @@ from orderpipe_local.apigw.events import (
     http_api_from_template,
 )
 from orderpipe_local.apigw.server import HEAD_LIMIT_BYTES, PAYLOAD_LIMIT_BYTES, LocalHttpApi
-from orderpipe_local.runtime.functions import LocalFunction
+from orderpipe_local.runtime.functions import FunctionUnavailable, LocalFunction
 from orderpipe_local.stack.template import TemplateError, load_template
 from orderpipe_local.testing import ROOT, load_event
 
@@ -356,6 +356,32 @@ def test_a_handler_exception_is_api_gateways_500(
 
     assert (status, body) == (500, {"message": "Internal Server Error"})
     assert "IngestFunction raised on POST /orders" in caplog.text
+
+
+def test_an_unavailable_function_is_a_503_with_retry_after() -> None:
+    # Given a function none of whose execution environments can be started
+    def unavailable(event: dict[str, Any], context: Any) -> None:
+        raise FunctionUnavailable("IngestFunction is unavailable: none of its execution environments is up")
+
+    function = LocalFunction("IngestFunction", unavailable, timeout_seconds=3, memory_mb=128)
+    api = LocalHttpApi(API, {"IngestFunction": function}, port=0)
+    api.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+
+        # When an order is posted
+        connection.request("POST", "/orders", body=ORDER_BODY, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+
+        # Then the API answers as API Gateway does when it cannot reach a function, and says when
+        # to come back: the client retries, nothing was accepted
+        assert response.status == 503
+        assert response.getheader("Retry-After") == "5"
+        assert response.getheader("Content-Type") == "application/json"
+        assert json.loads(response.read()) == {"message": "Service Unavailable"}
+        assert (api.stats().accepted, api.stats().server_errors) == (0, 1)
+    finally:
+        api.close(timeout=1)
 
 
 def raw_exchange(port: int, request_bytes: bytes) -> tuple[bytes, bytes]:

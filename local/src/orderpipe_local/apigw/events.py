@@ -341,10 +341,16 @@ class HttpResponse:
     body: bytes
 
 
-def api_error(status: HTTPStatus, message: str | None = None) -> HttpResponse:
-    """An answer API Gateway gives itself: `{"message": "Not Found"}` and the like."""
+def api_error(
+    status: HTTPStatus, message: str | None = None, *, retry_after: int | None = None
+) -> HttpResponse:
+    """An answer API Gateway gives itself: `{"message": "Not Found"}` and the like;
+    `retry_after`: seconds, in a `Retry-After` header."""
     body = json.dumps({"message": message or status.phrase}, separators=(",", ":")).encode()
-    return HttpResponse(int(status), (("Content-Type", "application/json"),), body)
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    if retry_after is not None:
+        headers += (("Retry-After", str(retry_after)),)
+    return HttpResponse(int(status), headers, body)
 
 
 def from_proxy_response(result: Any) -> HttpResponse:

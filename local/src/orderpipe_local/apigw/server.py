@@ -6,7 +6,9 @@ function in a thread pool sized to its execution environments, and writes its pr
 back. What API Gateway answers itself is answered here the same way, in JSON: 404 for a route
 (or method) the template does not declare, 413 above the 10 MB payload quota, 431 above the
 10,240-byte request line and headers quota, 400 without a Host, 505 for an HTTP version other
-than 1.0 and 1.1, 500 when the function fails or answers an invalid proxy response.
+than 1.0 and 1.1, 500 when the function fails or answers an invalid proxy response, and 503
+with `Retry-After` while the function is unavailable (none of its execution environments can be
+started), so a client retries instead of taking the outage for its own fault.
 
 Its cost (`bench/api_front.py`, a function that answers at once, 150 requests/s): 1.6-2.0 ms
 of CPU a request against 0.8-1.0 ms for the hand-written front it replaced, measured in turn on
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import threading
@@ -44,7 +47,7 @@ from orderpipe_local.apigw.events import (
     from_proxy_response,
     new_request_id,
 )
-from orderpipe_local.runtime.functions import Invocable
+from orderpipe_local.runtime.functions import RETRY_START_SECONDS, FunctionUnavailable, Invocable
 from orderpipe_local.stack.template import TemplateError
 
 PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # API Gateway's request payload quota
@@ -53,6 +56,8 @@ IDLE_TIMEOUT_SECONDS = 30
 # h11 refuses (400) a head it cannot complete within this; below it, the app applies the quota.
 _PARSER_HEAD_LIMIT = 1024 * 1024
 _SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+# While a function is unavailable, its environments are started again this often.
+UNAVAILABLE_RETRY_AFTER_SECONDS = math.ceil(RETRY_START_SECONDS)
 # Framing headers of the function's response: uvicorn frames the body itself.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
@@ -264,6 +269,11 @@ class LocalHttpApi:
                 "%s answered %s with an invalid response: %s", route.function_id, route.route_key, error
             )
             response = api_error(HTTPStatus.INTERNAL_SERVER_ERROR)
+        except FunctionUnavailable as error:  # the function's pool logged the outage once
+            log.debug(
+                "%s not invoked on %s (request %s): %s", route.function_id, route.route_key, request_id, error
+            )
+            response = api_error(HTTPStatus.SERVICE_UNAVAILABLE, retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS)
         except Exception:
             log.exception("%s raised on %s (request %s)", route.function_id, route.route_key, request_id)
             response = api_error(HTTPStatus.INTERNAL_SERVER_ERROR)

@@ -16,7 +16,10 @@ Per shard, in order and one batch at a time:
 - gives a batch up once it was retried `MaximumRetryAttempts` times or its records are older
   than `MaximumRecordAgeInSeconds`: the `OnFailure` destination (SQS or SNS) gets the
   invocation record Lambda sends for stream sources (the batch's shard and sequence-number
-  range, not the records), and the shard moves past it.
+  range, not the records), and the shard moves past it;
+- while the function is unavailable (none of its execution environments can be started), holds
+  the batch and tries again every UNAVAILABLE_RETRY_SECONDS: as for Lambda's throttles, that
+  is no retry attempt and no reason to bisect, and only the records' maximum age still applies.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from orderpipe_local.moto.loopback_http import JsonProtocolApi
-from orderpipe_local.runtime.functions import Invocable
+from orderpipe_local.runtime.functions import FunctionUnavailable, Invocable
 from orderpipe_local.sources.batch_response import reported_failures
 from orderpipe_local.sources.event_filter import EventFilter
 from orderpipe_local.sources.polling import (
@@ -62,6 +65,7 @@ GET_RECORDS_LIMIT = 1000
 POLL_INTERVAL_SECONDS = 0.25  # Lambda polls each shard four times a second
 RETRY_DELAY_SECONDS = 0.05  # first retry of a failed batch; doubles up to MAX_RETRY_DELAY_SECONDS
 MAX_RETRY_DELAY_SECONDS = 1.0
+UNAVAILABLE_RETRY_SECONDS = 1.0
 SHARD_DISCOVERY_SECONDS = 10.0
 _RECORD_OVERHEAD = 512  # bytes of a record's JSON besides its `dynamodb` part, roughly
 
@@ -264,26 +268,31 @@ class DynamoDBStreamEventSource:
         return _StreamRecord(event, sequence_number, created, size)
 
     def invoke(self, batch: _Batch) -> int | None:
-        """Invoke with the batch: how many leading records are done (all if it succeeded), None on error."""
+        """Invoke with the batch: how many leading records are done (all if it succeeded), None on
+        error. FunctionUnavailable propagates: the function was not invoked."""
         sequence_numbers = [record.sequence_number for record in batch.records]
         # The function gets a copy (a retried batch must not see what a handler changed).
         event = {"Records": [record.event for record in batch.records]}
-        batch.invocations += 1
-        self.counters.add("batches")
+        error: Exception | None = None
         try:
             response = self.function.invoke(event)
+        except FunctionUnavailable:
+            raise
         except Exception as exc:
-            batch.function_error = True
+            error = exc
+        batch.invocations += 1
+        self.counters.add("batches")
+        batch.function_error = error is not None
+        if error is not None:
             log.warning(
                 "%s: function error (%s: %s) on a batch of %d",
                 self.name,
-                type(exc).__name__,
-                exc,
+                type(error).__name__,
+                error,
                 len(batch.records),
             )
-            log.debug("%s: function error", self.name, exc_info=True)
+            log.debug("%s: function error", self.name, exc_info=error)
             return None
-        batch.function_error = False
         if not self.report_failures:
             return len(batch.records)
         failures = reported_failures(response, sequence_numbers, source=self.name)
@@ -369,6 +378,7 @@ class _ShardReader(threading.Thread):
         self._work: deque[_Batch] = deque()  # batches (or bisected halves) to invoke, in order
         self._window_opened = float("-inf")
         self._state = threading.Lock()  # held while reading or invoking, not while waiting
+        self._waiting_for_function = False  # the function was unavailable at the last try
 
     def run(self) -> None:
         source = self.source
@@ -492,7 +502,14 @@ class _ShardReader(threading.Thread):
                     self._work.popleft()
                 return 0.0
 
-        done = source.invoke(batch)
+        try:
+            done = source.invoke(batch)
+        except FunctionUnavailable as exc:
+            if not self._waiting_for_function:
+                log.warning("%s: %s; holding the batch of %d", source.name, exc, len(batch.records))
+            self._waiting_for_function = True
+            return UNAVAILABLE_RETRY_SECONDS
+        self._waiting_for_function = False
         self._window_opened = time.monotonic()
         if done == len(batch.records):
             source.counters.add("succeeded", done)

@@ -13,6 +13,10 @@
 - Up to `ScalingConfig.MaximumConcurrency` batches are invoked at once (threads). One thread
   receives for all of them: moto hands a message to every ReceiveMessage that races for it,
   so concurrent receivers would only multiply duplicates.
+- While the function is unavailable (none of its execution environments can be started) nothing
+  is received, so the messages' receive counts, which send them to the DLQ, are not spent on
+  the outage; a batch received just before it is made visible again at once, uncounted as a
+  failure.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from orderpipe_local.moto.loopback_http import JsonProtocolApi
-from orderpipe_local.runtime.functions import Invocable
+from orderpipe_local.runtime.functions import FunctionUnavailable, Invocable
 from orderpipe_local.sources.batch_response import reported_failures
 from orderpipe_local.sources.event_filter import EventFilter
 from orderpipe_local.sources.polling import (
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SQS_RECEIVE_LIMIT = 10  # messages per ReceiveMessage and entries per DeleteMessageBatch
 DEFAULT_CONCURRENCY = 5  # Lambda starts five pollers when ScalingConfig does not say
+UNAVAILABLE_POLL_SECONDS = 0.5  # how often an unavailable function is looked at again
 _ATTRIBUTE_ORDER = (
     "ApproximateReceiveCount",
     "SentTimestamp",
@@ -100,7 +105,8 @@ class SqsEventSource:
         self.queue_url, queue_name = self._queue_url(stack)
         self.name = f"{function.function_id} <- {queue_name}"
 
-        self.counters = Counters(["batches", "succeeded", "failed", "filtered"])
+        # `returned`: messages made visible again, not invoked, as the function was unavailable
+        self.counters = Counters(["batches", "succeeded", "failed", "filtered", "returned"])
         self._stopping = threading.Event()
         self._slots = threading.Semaphore(self.concurrency)
         self._lock = threading.Condition()
@@ -241,6 +247,9 @@ class SqsEventSource:
     def _receive_loop(self) -> None:
         window_opened = float("-inf")
         while not self._stopping.is_set():
+            if not self.function.available:
+                self._stopping.wait(UNAVAILABLE_POLL_SECONDS)
+                continue
             if not self._slots.acquire(timeout=0.2):
                 continue  # every invoker is busy: leave the messages in the queue meanwhile
             try:
@@ -355,7 +364,12 @@ class SqsEventSource:
     def _invoke_batch(self, batch: list[dict[str, Any]]) -> None:
         try:
             message_ids = [record["messageId"] for record in batch]
-            failed = self._failed_message_ids(batch, message_ids)
+            try:
+                failed = self._failed_message_ids(batch, message_ids)
+            except FunctionUnavailable as exc:
+                log.warning("%s: %s; the batch of %d goes back to the queue", self.name, exc, len(batch))
+                self._return_to_queue(batch)
+                return
             done = [record for record in batch if record["messageId"] not in failed]
             self.counters.add("batches")
             self.counters.add("succeeded", len(done))
@@ -373,6 +387,8 @@ class SqsEventSource:
     def _failed_message_ids(self, batch: list[dict[str, Any]], message_ids: list[str]) -> set[str]:
         try:
             response = self.function.invoke({"Records": batch})
+        except FunctionUnavailable:
+            raise
         except Exception as exc:
             log.warning(
                 "%s: function error (%s: %s); the batch of %d comes back after the visibility timeout",
@@ -407,6 +423,16 @@ class SqsEventSource:
                 for index, record in enumerate(chunk):
                     if index not in failed:
                         self._unsettled.pop(record["messageId"], None)
+
+    def _return_to_queue(self, records: list[dict[str, Any]]) -> None:
+        """Make messages visible again now: the receiver waits for the function meanwhile."""
+        with self._lock:
+            handles = {
+                record["messageId"]: self._unsettled.pop(record["messageId"], record["receiptHandle"])
+                for record in records
+            }
+        self._make_visible(handles)
+        self.counters.add("returned", len(records))
 
     def _release(self, count: int) -> None:
         with self._lock:
