@@ -12,7 +12,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from orderpipe_local.config import DEFAULT_BACKGROUND_NICE, DEFAULT_WORKERS
+from orderpipe_local.config import (
+    DEFAULT_BACKGROUND_NICE,
+    DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS,
+    DEFAULT_WORKERS,
+)
 from orderpipe_local.stack.template import TemplateError, parse_parameter_overrides, project_root
 from orderpipe_local.versions import VersionMismatch, check_pinned_versions
 
@@ -90,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="niceness of the processes that work off the queue and the stream (their functions' "
         "workers, moto's DynamoDB), so that on a busy machine the API answers first and the queue "
         f"absorbs the burst (default {DEFAULT_BACKGROUND_NICE}; 0: the same priority as the API)",
+    )
+    local.add_argument(
+        "--unavailable-timeout",
+        type=float,
+        default=DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS,
+        help="seconds a function may stay unavailable (no execution environment can be started) "
+        "before the pipeline stops with an error naming it and exits 1; meanwhile the API answers "
+        "503 for it and its queue or stream keeps the events "
+        f"(default {DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS:g})",
     )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
@@ -185,6 +198,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         drain_timeout=getattr(args, "drain_timeout", 60.0),
         workers=getattr(args, "workers", DEFAULT_WORKERS),
         background_nice=getattr(args, "background_nice", DEFAULT_BACKGROUND_NICE),
+        unavailable_timeout=getattr(args, "unavailable_timeout", DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS),
     )
 
 

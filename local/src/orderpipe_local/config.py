@@ -15,6 +15,7 @@ LOCAL_SUPPORT_EMAIL = "support@orderpipe.local"
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 60.0
 DEFAULT_WORKERS = 4
 DEFAULT_BACKGROUND_NICE = 10
+DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass
@@ -45,6 +46,10 @@ class PipelineConfig:
     # burst, as the pipeline's stages scale apart in AWS. The API's own DynamoDB calls
     # (idempotency records, GET /orders/{id}) share the lower priority. 0: all at the same one.
     background_nice: int = DEFAULT_BACKGROUND_NICE
+    # How long a function may stay unavailable (none of its execution environments up, none
+    # could be started) before the pipeline stops with an error naming it: meanwhile the API
+    # answers 503 for it, or its queue or stream keeps what it has not taken.
+    unavailable_timeout: float = DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         local = self.root / STATE_DIR

@@ -1,9 +1,11 @@
 """`orderpipe local`: the whole pipeline of `template.yaml` on one machine.
 
 moto (in child processes) plays the AWS services, the template's queues, tables and topics are
-created in it, the real handlers run with their template environment in worker processes forked
-from this one (in this one with `--workers 0`), and the template's HTTP API, event source
-mappings and email subscriptions are played by `LocalHttpApi`, the pollers and the outbox.
+created in it, the real handlers run with their template environment in worker processes (in
+this one with `--workers 0`) forked by the standard library's forkserver, and the template's HTTP
+API, event source mappings and email subscriptions are played by `LocalHttpApi`, the pollers and
+the outbox. A function that stays unavailable (none of its environments can be started) for
+`unavailable_timeout` stops the pipeline with an error naming it.
 
 Stopping drains: the API stops accepting first, then what it accepted is carried through the
 queue and the stream (bounded by a timeout) before the pollers and the endpoint stop. What is
@@ -38,11 +40,14 @@ from orderpipe_local.environment import (
 from orderpipe_local.leftovers import Leftovers, collect, from_journal, left_over_files
 from orderpipe_local.moto.endpoint import AwsEndpoint, EndpointError
 from orderpipe_local.runtime.functions import (
+    FunctionHealth,
+    FunctionState,
     Invocable,
     LocalFunction,
     Poller,
     ProcessPoolFunction,
     load_functions,
+    start_forkserver,
 )
 from orderpipe_local.runtime.gc_pauses import freeze_survivors
 from orderpipe_local.sources.dynamodb_stream import DynamoDBStreamEventSource
@@ -75,6 +80,7 @@ class LocalPipeline:
         self.stack: Stack | None = None
         self.functions: dict[str, LocalFunction] = {}
         self.pools: list[ProcessPoolFunction] = []
+        self.invocables: dict[str, Invocable] = {}  # each function, as the API and sources invoke it
         self.api: LocalHttpApi | None = None
         self.sources: list[Poller] = []
         self.outbox: EmailOutbox | None = None
@@ -119,6 +125,8 @@ class LocalPipeline:
             journal=config.journal,
         )
         self.endpoint.launch()
+        if config.workers >= 1:
+            start_forkserver()  # its imports, in a process of its own, overlap what follows
         template = load_local_template(config)
         env_file = EnvVarsFile.read(config.env_file) if config.env_file else None
         http_api = http_api_from_template(template)
@@ -144,8 +152,8 @@ class LocalPipeline:
         # hold: it goes to a file, the console is for the pipeline's own lines.
         self._redirect_function_output()
         self.functions = load_functions(stack, config.root, environments)
-        # Before any thread starts (pollers, outbox, API): the worker processes are forked here.
-        functions = self._function_pools(stack, http_api)
+        # Before the API and the pollers, which invoke them: every worker process loads its handler.
+        self.invocables = functions = self._function_pools(stack, http_api)
         freeze_survivors()
 
         self.sources = self._event_sources(stack, functions)
@@ -313,20 +321,46 @@ class LocalPipeline:
         status.accepted = self.api.stats().accepted if self.api is not None else status.accepted
         with self._emails_lock:
             status.emails = self.emails
+        status.functions = self.health()
         return status
 
+    def health(self) -> list[FunctionHealth]:
+        """Each function's execution environments, in the template's order."""
+        return [
+            self.invocables[function_id].health()
+            for function_id in self.functions
+            if function_id in self.invocables
+        ]
+
     def run(self, stop: threading.Event, refresh_seconds: float = 1.0) -> bool:
-        """Show the status line until `stop` is set. False if the AWS endpoint died meanwhile."""
+        """Show the status line until `stop` is set. False if the AWS endpoint died meanwhile, or a
+        function stayed unavailable for `unavailable_timeout`."""
         while not stop.is_set():
             if self.endpoint is None or not self.endpoint.running:
                 moto_log = _relative(self.config.endpoint_log)
                 self.console.line(f"orderpipe local: the AWS endpoint (moto) exited; see {moto_log}")
                 return False
-            self.console.status(self.status().line())
+            status = self.status()
+            self.console.status(status.line())
+            if (lost := self._lost_function(status.functions)) is not None:
+                self.console.line(
+                    f"orderpipe local: {lost.function_id} cannot run: none of its execution environments"
+                    f" could be started for {lost.unavailable_seconds:.0f} s (the last attempt:"
+                    f" {_last_line(lost.detail)}); stopping. See {_relative(self.config.function_log)}"
+                    " and the errors above."
+                )
+                return False
             if self._function_log is not None:
                 self._function_log.flush()
             stop.wait(refresh_seconds)
         return True
+
+    def _lost_function(self, functions: list[FunctionHealth]) -> FunctionHealth | None:
+        for health in functions:
+            unavailable = health.state is FunctionState.UNAVAILABLE
+            if unavailable and health.unavailable_seconds >= self.config.unavailable_timeout:
+                return health
+        return None
 
     # --- stop ----------------------------------------------------------------------------------
 
@@ -445,6 +479,7 @@ class LocalPipeline:
             _stop_quietly(pool, stop_timeout)
             pool.kill()  # those still stuck in an invocation
         self.pools = []
+        self.invocables = {}
         if self.outbox is not None:
             _stop_quietly(self.outbox, stop_timeout)  # after the notifier: delivers what it published last
         if self.monitor is not None and self._started:
@@ -494,6 +529,11 @@ def _stop_quietly(poller: Stoppable, timeout: float = STOP_TIMEOUT_SECONDS) -> N
     stopping.join(timeout)
     if stopping.is_alive():
         log.warning("%s did not stop within %.0f s; leaving it", getattr(poller, "name", poller), timeout)
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "?"
 
 
 def _relative(path: Path | None) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.models import OrderStatus
+from orderpipe_local.runtime.functions import FunctionHealth
 from orderpipe_local.sources.dynamodb_stream import DynamoDBStreamEventSource
 from orderpipe_local.sources.polling import arn_service, aws_client
 from orderpipe_local.stack.provision import Stack
@@ -42,6 +43,7 @@ class PipelineStatus:
     notified: int = 0
     emails: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
+    functions: list[FunctionHealth] = field(default_factory=list)
 
     def line(self) -> str:
         parts = [
@@ -52,6 +54,8 @@ class PipelineStatus:
             f"emails {self.emails}",
             *(f"{name} {count}" for name, count in self.dead_letters.items()),
         ]
+        if self.functions:  # execution environments up of each function: `writer 4/4`
+            parts.append("functions " + ", ".join(health.summary() for health in self.functions))
         return " | ".join(parts)
 
 

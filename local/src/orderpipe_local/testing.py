@@ -218,3 +218,53 @@ def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
         time.sleep(0.1)
     state = json.loads(state_file.read_text())
     return RunningPipeline(process, state["api_url"], state["endpoint_url"], outbox, state, output)
+
+
+# --- the processes of a running pipeline (Linux /proc) -----------------------------------------
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid`, with its command line."""
+    found: dict[int, str] = {}
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for child in child_pids(parent):
+            try:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:  # gone meanwhile
+                continue
+            pending.append(child)
+    return found
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += map(int, (task / "children").read_text().split())
+    except OSError:
+        pass
+    return children
+
+
+def forkserver_pid(pid: int) -> int:
+    """The forkserver of process `pid` (the standard library's; it forks the function workers)."""
+    for child, command in descendants(pid).items():
+        if "multiprocessing.forkserver" in command and child in child_pids(pid):
+            return child
+    raise AssertionError(f"process {pid} has no forkserver")
+
+
+def niceness(pid: int) -> int:
+    # /proc/PID/stat: the command (in parentheses) is field 2; niceness is field 19
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie has exited, whoever reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

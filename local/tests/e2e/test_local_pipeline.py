@@ -16,7 +16,11 @@ from orderpipe_local.testing import (
     EVENTS,
     ROOT,
     RunningPipeline,
+    child_pids,
+    descendants,
+    forkserver_pid,
     load_event,
+    niceness,
     orderpipe_command,
     start_pipeline,
     wait_until,
@@ -101,23 +105,27 @@ def test_each_function_logs_and_counts_under_its_own_service_name(pipeline: Runn
 
 
 def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: RunningPipeline) -> None:
-    # Given the running pipeline's processes: itself, its function workers, moto and moto's DynamoDB
+    # Given the running pipeline's processes: itself, moto and moto's DynamoDB, the forkserver
+    # and resource tracker of its process machinery, and the function workers, the forkserver's
     processes = descendants(pipeline.process.pid)
     endpoints = {
         pid: command for pid, command in processes.items() if "orderpipe_local.moto.endpoint" in command
     }
-    workers = [pid for pid in processes if pid not in endpoints]
     (dynamodb,) = [pid for pid, command in endpoints.items() if "--only-dynamodb" in command]
     (moto,) = [pid for pid in endpoints if pid != dynamodb]
+    forkserver = forkserver_pid(pipeline.process.pid)
+    workers = child_pids(forkserver)
+    machinery = [pid for pid in processes if pid not in endpoints and pid not in workers]
 
     # Then the API's side (the pipeline, moto's SQS, the ingest workers) keeps the priority it was
     # started with, and the writer's and notifier's workers and moto's DynamoDB run 10 below it
     base = niceness(pipeline.process.pid)
     assert niceness(moto) == base
     assert niceness(dynamodb) == base + 10
-    # 4 ingest workers and their pool's zygote; 4 writer and 1 notifier workers, and a zygote each
+    assert sorted(niceness(pid) for pid in machinery) == [base, base]  # forkserver, resource tracker
+    # 4 ingest workers; 4 writer and 1 notifier workers
     by_niceness = sorted(niceness(pid) for pid in workers)
-    assert by_niceness == [base] * 5 + [base + 10] * 7
+    assert by_niceness == [base] * 4 + [base + 10] * 5
 
 
 def test_only_the_pipeline_holds_the_apis_port(pipeline: RunningPipeline) -> None:
@@ -148,21 +156,3 @@ def holds(pid: int, inode: str) -> bool:
                 if os.readlink(descriptor) == f"socket:[{inode}]":
                     return True
     return False
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """Every process under `pid`, with its command line."""
-    found: dict[int, str] = {}
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").iterdir():
-            for child in map(int, (task / "children").read_text().split()):
-                found[child] = (Path(f"/proc/{child}/cmdline").read_bytes()).replace(b"\0", b" ").decode()
-                pending.append(child)
-    return found
-
-
-def niceness(pid: int) -> int:
-    # /proc/PID/stat: the command (in parentheses) is field 2; niceness is field 19
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])

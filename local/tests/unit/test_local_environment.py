@@ -21,8 +21,10 @@ from orderpipe_local.environment import (
     shared_environment,
 )
 from orderpipe_local.invoke import UnknownFunction, resolve_function_id
+from orderpipe_local.runtime.functions import FunctionHealth, FunctionState
 from orderpipe_local.stack.provision import Stack, provision_stack
 from orderpipe_local.stack.template import load_template
+from orderpipe_local.status import PipelineStatus
 from orderpipe_local.testing import ROOT
 
 
@@ -140,6 +142,27 @@ def test_the_status_line_is_redrawn_on_a_terminal_and_printed_when_changed_elsew
         "\r\x1b[2Kaccepted 1\r\x1b[2Kemail  order 1\naccepted 1\r\x1b[2Kaccepted 2\n"
     )
     assert log.getvalue() == "accepted 1\nemail  order 1\naccepted 2\n"
+
+
+def test_the_status_line_shows_each_functions_execution_environments() -> None:
+    # Given an ingest at full strength, a writer replacing one of its environments, and a
+    # notifier none of whose environments can be started
+    status = PipelineStatus(
+        accepted=7,
+        stored=5,
+        dead_letters={"OrdersDLQ": 0},
+        functions=[
+            FunctionHealth("IngestFunction", FunctionState.OK, alive=4, environments=4),
+            FunctionHealth("WriterFunction", FunctionState.DEGRADED, alive=3, environments=4, replaced=2),
+            FunctionHealth("NotifierFunction", FunctionState.UNAVAILABLE, alive=0, environments=1),
+        ],
+    )
+
+    # Then the line names each by its service name, with what is not ok
+    assert status.line() == (
+        "accepted 7 | queued 0 | stored 5 | notified 0 | emails 0 | OrdersDLQ 0"
+        " | functions ingest 4/4, writer 3/4 degraded (2 replaced), notifier 0/1 unavailable"
+    )
 
 
 def test_a_services_endpoint_variable_is_botocores() -> None:

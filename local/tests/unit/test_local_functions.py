@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from orderpipe_local import testing
 from orderpipe_local.runtime.functions import (
     PRELOADED_MODULES,
     FunctionError,
@@ -25,7 +26,7 @@ from orderpipe_local.runtime.functions import (
     LocalFunction,
     ProcessPoolFunction,
 )
-from orderpipe_local.testing import ROOT
+from orderpipe_local.testing import ROOT, alive, forkserver_pid
 
 HANDLER = """
 import os, signal, time
@@ -269,7 +270,7 @@ def test_workers_and_their_forkserver_exit_when_the_process_that_owns_them_is_ki
     owner = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert owner.stdout is not None
     assert owner.stdout.readline().strip() == "ready"
-    descendants = all_descendants(owner.pid)
+    descendants = set(testing.descendants(owner.pid))
     assert len(descendants) >= 4  # the forkserver, its two workers, the resource tracker
 
     # When it is killed, with no chance to stop them
@@ -282,26 +283,6 @@ def test_workers_and_their_forkserver_exit_when_the_process_that_owns_them_is_ki
     while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in descendants if alive(pid)]
-
-
-def all_descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").iterdir():
-            for child in map(int, (task / "children").read_text().split()):
-                found.add(child)
-                pending.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited, whoever reaps it
 
 
 def test_sys_exit_in_an_in_process_function_is_a_function_error() -> None:
@@ -406,7 +387,7 @@ def test_a_replacement_runs_like_the_first_workers(tmp_path: Path) -> None:
     first = pool.invoke({})
     with pytest.raises(FunctionError, match="died"):
         pool.invoke({"exit": True})
-    forkserver = forkserver_pid()
+    forkserver = forkserver_pid(os.getpid())
     forkserver_descriptors = len(os.listdir(f"/proc/{forkserver}/fd"))  # once it has served
     for _ in range(5):
         with pytest.raises(FunctionError, match="died"):
@@ -485,9 +466,9 @@ def test_environments_are_replaced_when_the_forkserver_goes_away(tmp_path: Path)
     invoker.start()
 
     # When the forkserver is killed, and then with it every environment it forked
-    os.kill(forkserver_pid(), signal.SIGKILL)
+    os.kill(forkserver_pid(os.getpid()), signal.SIGKILL)
     wait_for(lambda: pool.health().replaced >= 2 and pool.health().state == FunctionState.OK)
-    os.kill(forkserver_pid(), signal.SIGKILL)
+    os.kill(forkserver_pid(os.getpid()), signal.SIGKILL)
     for environment in list(pool._environments):
         os.kill(environment.pid, signal.SIGKILL)
     wait_for(lambda: pool.health().replaced >= 4 and pool.health().state == FunctionState.OK)
@@ -538,15 +519,6 @@ def test_the_forkserver_preloads_nothing_that_reads_a_functions_environment() ->
 
     assert "orderpipe.observability" not in loaded
     assert "_app'" not in loaded  # no handler module
-
-
-def forkserver_pid() -> int:
-    """This process's forkserver (the standard library starts one per process)."""
-    for task in Path("/proc/self/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return int(child)
-    raise AssertionError("no forkserver runs")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10) -> None:

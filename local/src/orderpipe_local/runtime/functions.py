@@ -9,6 +9,7 @@ import copy
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -222,6 +223,13 @@ def _end_environments_at_exit() -> None:
     workers that ignore SIGTERM, which multiprocessing would wait for."""
     for environment in list(_open_environments):
         environment.end(join=False)
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now, importing PRELOADED_MODULES in its own process while this one
+    does other things; the first pool would start it otherwise, and wait for its imports."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADED_MODULES)
+    multiprocessing.forkserver.ensure_running()
 
 
 class _InheritedStream:
