@@ -608,21 +608,27 @@ class ProcessPoolFunction:
                 if self._stopping:
                     return
                 starts = self._starts_due()
-                idle = {environment.process.sentinel: environment for environment in self._free}
+                # Invoked ones too: one invoked when the set was made may be idle when it ends.
+                # (Whoever ends one closes its sentinel, then wakes this thread.)
+                up = {
+                    environment.process.sentinel: environment
+                    for environment in self._environments
+                    if not environment.exit_told
+                }
                 loading = {environment.connection: environment for environment in self._loading}
                 timeout = self._next_wake()
             if starts:
                 self._start_replacements(starts)
                 continue
-            ready = multiprocessing.connection.wait([self._wakeup, *idle, *loading], timeout)
+            ready = multiprocessing.connection.wait([self._wakeup, *up, *loading], timeout)
             if self._wakeup in ready:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.read(self._wakeup, 4096)
             ended: list[_Environment] = []
             with self._changed:
                 for key in ready:
-                    if key in idle:
-                        self._exit_told(idle[key], ended)
+                    if key in up:
+                        self._exit_told(up[key], ended)
                     elif isinstance(key, Connection) and loading.get(key) in self._loading:
                         self._settle(loading[key], ended)
                 self._settle_overdue(ended)
