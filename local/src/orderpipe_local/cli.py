@@ -238,7 +238,7 @@ def _local(args: argparse.Namespace) -> int:
         console.line(f"orderpipe local: cannot start: {error}")
         return 1
     if not pipeline.run(stop):
-        abort.set()  # nothing can be drained without the endpoint
+        abort.set()  # without the endpoint, or a function that can run, nothing is worth waiting for
         pipeline.stop(abort)
         return 1
     drained = pipeline.stop(abort)
