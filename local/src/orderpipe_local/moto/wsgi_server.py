@@ -11,14 +11,18 @@ It serves what AWS SDKs send: requests with a Content-Length or chunked bodies; 
 100-continue` is answered. It is for a loopback endpoint, not the Internet: no TLS, no
 timeouts on slow clients beyond an idle limit.
 
-Kept against the maintained servers for now, on a measurement (2026-12-02, 2-core machine,
+Kept against the maintained servers, on two measurements. End to end (2026-12-02,
+`bench/compare.py --rate 50 --duration 60`, the endpoint on cheroot 11.1.2 against this server,
+in one sitting): POST p50 19.9 against 15.4 ms (1.30x), POST p99 74.6 against 52.8 ms (1.41x),
+POST -> mailed p99 2.05 against 1.96 s, CPU per order 32.9 against 30.3 ms (moto's two
+processes 45.6 against 38.4 s of CPU): more than 20% worse on latency. Per request (2026-12-02, 2-core machine,
 moto's app behind JsonProtocolRoutes, 3,000 SendMessage from 8 threads over one botocore pool;
 every server kept the 8 connections alive): the serving process's CPU per request was 0.88-1.28
 ms here, 1.51-1.72 ms with cheroot 11.1.2, 1.55-1.66 ms with waitress 3.0.2 and 1.89 ms with
 werkzeug 3.1.9 threaded at HTTP/1.1, i.e. 0.4-0.6 ms more a request. An order costs the
 endpoints several requests (SendMessage, PutItem, the idempotency record's writes, a share of
 the batched calls) at about 10 ms of CPU an order in all, so an estimated 20-25% more CPU per
-order: not yet measured end to end with `bench/load.py`, which decides (issue 9, item 3b).
+order.
 """
 
 from __future__ import annotations
