@@ -15,7 +15,8 @@ Kept against the maintained servers, on two measurements. End to end (2026-12-02
 `bench/compare.py --rate 50 --duration 60`, the endpoint on cheroot 11.1.2 against this server,
 in one sitting): POST p50 19.9 against 15.4 ms (1.30x), POST p99 74.6 against 52.8 ms (1.41x),
 POST -> mailed p99 2.05 against 1.96 s, CPU per order 32.9 against 30.3 ms (moto's two
-processes 45.6 against 38.4 s of CPU): more than 20% worse on latency. Per request (2026-12-02, 2-core machine,
+processes 45.6 against 38.4 s of CPU): more than 20% worse on latency. Per request
+(2026-12-02, 2-core machine,
 moto's app behind JsonProtocolRoutes, 3,000 SendMessage from 8 threads over one botocore pool;
 every server kept the 8 connections alive): the serving process's CPU per request was 0.88-1.28
 ms here, 1.51-1.72 ms with cheroot 11.1.2, 1.55-1.66 ms with waitress 3.0.2 and 1.89 ms with
