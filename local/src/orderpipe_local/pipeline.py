@@ -310,6 +310,10 @@ class LocalPipeline:
                 f"  left over     {len(files)} file(s) of what earlier stops could not finish, in"
                 f" {_relative(self.config.leftover_dir)}: `orderpipe requeue FILE` puts one back"
             )
+        line(
+            "  state         in moto's memory: a restart forgets the orders stored and mailed and the"
+            " idempotency keys; what a stop or a crash leaves unfinished is kept in a left-over file"
+        )
         line("Ctrl-C stops: the API stops accepting, what it accepted is stored and mailed, then it exits.")
 
     # --- run -----------------------------------------------------------------------------------
