@@ -178,6 +178,16 @@ class RunningPipeline:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    def stop(self, timeout: float = 60.0) -> None:
+        """After a test: SIGTERM if it still runs, SIGKILL if it has not exited within `timeout`."""
+        if self.process.poll() is not None:
+            return
+        try:
+            self.terminate(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def console(self) -> str:
         return self.output.read_text(errors="replace")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +15,4 @@ def pipeline(tmp_path: Path) -> Iterator[RunningPipeline]:
     """A running `orderpipe local`; stopped (SIGTERM, then SIGKILL) after the test."""
     running = start_pipeline(tmp_path)
     yield running
-    if running.process.poll() is None:
-        running.process.send_signal(signal.SIGTERM)
-        try:
-            running.process.wait(60)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
-            running.process.wait()
+    running.stop()

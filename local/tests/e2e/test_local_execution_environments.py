@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -41,13 +40,7 @@ REQUEST_TIMEOUT_SECONDS = 60.0
 def pipeline(tmp_path: Path) -> Iterator[RunningPipeline]:
     running = start_pipeline(tmp_path, "--unavailable-timeout", "3")
     yield running
-    if running.process.poll() is None:
-        running.process.send_signal(signal.SIGTERM)
-        try:
-            running.process.wait(60)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
-            running.process.wait()
+    running.stop()
 
 
 def post_order(pipeline: RunningPipeline) -> tuple[int, dict[str, str], Any]:
