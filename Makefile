@@ -48,10 +48,8 @@ typecheck: dev
 validate: dev
 	$(SAM_ENV) $(BIN)/sam validate --lint
 
-# One function at a time: each installs the library from `.`, and parallel pip builds of the same
-# source tree race on its build/ folder (a CI run shipped the writer without `orderpipe`).
 build: dev
-	$(SAM_ENV) $(BIN)/sam build
+	$(SAM_ENV) $(BIN)/sam build --parallel
 
 # Two suites, each with its own rootdir: the product's (tests/) and the runner's (local/tests/).
 pytest: dev
