@@ -6,6 +6,7 @@ runner, nor the emulator and transform it runs on, in any built function.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,26 @@ def test_every_function_is_built_with_the_product_package(template: Template) ->
     for function_dir in built_function_dirs(template):
         if not function_dir.is_dir():
             pytest.skip(f"{function_dir} is missing: run `make build` (make test does)")
-        shipped = sorted(
-            p.relative_to(function_dir).as_posix() for p in (function_dir / "orderpipe").rglob("*.py")
+        # The same files with the same bytes: a build that lost a file, or reused the library
+        # of an earlier build (SAM's build cache does not see src/), fails here.
+        assert python_sources(function_dir / "orderpipe") == python_sources(ROOT / "src" / "orderpipe"), (
+            function_dir.name
         )
-        expected = sorted(
-            p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "orderpipe").rglob("*.py")
-        )
-        assert shipped == expected, function_dir.name
+
+
+def python_sources(package: Path) -> dict[str, bytes]:
+    return {path.relative_to(package).as_posix(): path.read_bytes() for path in sorted(package.rglob("*.py"))}
+
+
+def test_no_build_configuration_uses_sams_build_cache() -> None:
+    samconfig = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    cached = {
+        environment: settings["build"]["parameters"].get("cached")
+        for environment, settings in samconfig.items()
+        if isinstance(settings, dict) and "build" in settings
+    }
+    assert cached == dict.fromkeys(cached, None)
+    assert "default" in cached
 
 
 def test_no_built_function_holds_a_runner_module(template: Template) -> None:
