@@ -46,7 +46,7 @@ def event_source_mapping(template: Template, function_id: str) -> dict[str, Any]
     mappings: list[dict[str, Any]] = [
         resource["Properties"]
         for resource in template.resources_of_type("AWS::Lambda::EventSourceMapping").values()
-        if resource["Properties"]["FunctionName"] == {"Ref": function_id}
+        if resource["Properties"]["FunctionName"] in (ref(function_id), ref(f"{function_id}Aliaslive"))
     ]
     assert len(mappings) == 1, f"{function_id} should have exactly one event source mapping"
     return mappings[0]
@@ -286,7 +286,7 @@ def test_alarm_watches_its_metric(template: Template, alarm_id: str) -> None:
 def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
     alarms = template.resources_of_type("AWS::CloudWatch::Alarm")
 
-    assert set(alarms) == set(EXPECTED_ALARMS)
+    assert set(alarms) == set(EXPECTED_ALARMS) | set(ROLLBACK_ALARMS.values())
     for alarm_id, alarm in alarms.items():
         assert alarm["Properties"]["AlarmActions"] == [ref("AlarmTopic")], alarm_id
         assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
@@ -777,4 +777,169 @@ def test_each_function_has_a_role_of_its_own(template: Template) -> None:
     roles = [role_of(template, function_id) for function_id in FUNCTIONS]
 
     assert len(set(roles)) == len(FUNCTIONS)
-    assert set(roles) == set(template.resources_of_type("AWS::IAM::Role"))
+    # The one role SAM adds: CodeDeploy's, to shift the aliases (AWS's managed policy for it).
+    assert set(roles) | {"CodeDeployServiceRole"} == set(template.resources_of_type("AWS::IAM::Role"))
+    assert properties(template, "CodeDeployServiceRole")["ManagedPolicyArns"] == [
+        "arn:aws:iam::aws:policy/service-role/AWSCodeDeployRoleForLambda"
+    ]
+
+
+# --- Safe deploys: versions, the alias `live`, CodeDeploy ----------------------------------------
+
+ROLLBACK_ALARMS = {
+    "IngestFunction": "IngestLiveVersionErrorsAlarm",
+    "WriterFunction": "WriterLiveVersionErrorsAlarm",
+    "NotifierFunction": "NotifierLiveVersionErrorsAlarm",
+}
+
+
+def version_of(template: Template, function_id: str) -> str:
+    versions = [
+        logical_id
+        for logical_id, resource in template.resources_of_type("AWS::Lambda::Version").items()
+        if resource["Properties"]["FunctionName"] == ref(function_id)
+    ]
+    assert len(versions) == 1, f"{function_id} should publish exactly one version"
+    return versions[0]
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_alias_live_points_at_the_published_version_through_codedeploy(
+    template: Template, function_id: str
+) -> None:
+    # Given the alias SAM creates for the function
+    alias = template.resources[f"{function_id}Aliaslive"]
+
+    # Then it names `live`, points at this deploy's version, and only CodeDeploy moves it
+    assert alias["Type"] == "AWS::Lambda::Alias"
+    assert alias["Properties"]["Name"] == "live"
+    assert alias["Properties"]["FunctionVersion"] == get_att(version_of(template, function_id), "Version")
+    assert alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"] == {
+        "ApplicationName": ref("ServerlessDeploymentApplication"),
+        "DeploymentGroupName": ref(f"{function_id}DeploymentGroup"),
+    }
+
+
+def test_one_codedeploy_application_for_lambda(template: Template) -> None:
+    applications = template.resources_of_type("AWS::CodeDeploy::Application")
+
+    assert list(applications) == ["ServerlessDeploymentApplication"]
+    assert applications["ServerlessDeploymentApplication"]["Properties"]["ComputePlatform"] == "Lambda"
+
+
+@pytest.mark.parametrize(("stage", "config"), [("dev", "AllAtOnce"), ("prod", "Canary10Percent5Minutes")])
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_deployment_group_shifts_traffic_by_stage_and_rolls_back_on_the_new_versions_errors(
+    function_id: str, stage: str, config: str
+) -> None:
+    # Given the template transformed for a stage
+    template = load_template(ROOT / "template.yaml", overrides={"Stage": stage})
+
+    # When reading the function's deployment group
+    group = properties(template, f"{function_id}DeploymentGroup")
+
+    # Then it shifts traffic as the stage wants, watches the rollback alarm and rolls back on it
+    assert group["DeploymentConfigName"] == {
+        "Fn::Sub": ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": config}]
+    }
+    assert group["ApplicationName"] == ref("ServerlessDeploymentApplication")
+    assert group["DeploymentStyle"] == {
+        "DeploymentType": "BLUE_GREEN",
+        "DeploymentOption": "WITH_TRAFFIC_CONTROL",
+    }
+    assert group["AlarmConfiguration"] == {
+        "Enabled": True,
+        "Alarms": [{"Name": ref(ROLLBACK_ALARMS[function_id])}],
+    }
+    assert group["AutoRollbackConfiguration"]["Enabled"] is True
+    assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_rollback_alarm_watches_the_errors_of_the_version_being_deployed(
+    template: Template, function_id: str
+) -> None:
+    alarm = properties(template, ROLLBACK_ALARMS[function_id])
+
+    # Lambda reports a version's errors under the alias with ExecutedVersion; this deploy's version.
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+        "FunctionName": ref(function_id),
+        "Resource": {"Fn::Sub": f"${{{function_id}}}:live"},
+        "ExecutedVersion": get_att(version_of(template, function_id), "Version"),
+    }
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Sum",
+        0,
+        "GreaterThanThreshold",
+    )
+    # Shorter than the canary's 5 minutes, so that a failing version is caught before it takes all traffic.
+    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
+
+
+@pytest.mark.parametrize("function_id", ["WriterFunction", "NotifierFunction"])
+def test_event_sources_invoke_the_alias(template: Template, function_id: str) -> None:
+    mappings = [
+        resource["Properties"]
+        for resource in template.resources_of_type("AWS::Lambda::EventSourceMapping").values()
+        if resource["Properties"]["FunctionName"] == ref(f"{function_id}Aliaslive")
+    ]
+
+    assert len(mappings) == 1
+    assert len(template.resources_of_type("AWS::Lambda::EventSourceMapping")) == 2
+
+
+def test_api_integrations_and_permissions_invoke_the_ingest_alias(template: Template) -> None:
+    # Given the HTTP API's OpenAPI body and the permissions SAM grants API Gateway
+    body = properties(template, "OrdersApi")["Body"]
+    uris = [
+        operation["x-amazon-apigateway-integration"]["uri"]
+        for operations in body["paths"].values()
+        for operation in operations.values()
+    ]
+    permissions = template.resources_of_type("AWS::Lambda::Permission").values()
+
+    # Then every route invokes IngestFunction's alias, and only the alias may be invoked by the API
+    assert len(uris) == 2
+    for uri in uris:
+        assert "${IngestFunctionAliaslive}" in uri["Fn::Sub"]
+    assert {
+        p["Properties"]["FunctionName"]["Ref"]
+        for p in permissions
+        if p["Properties"]["Principal"] == "apigateway.amazonaws.com"
+    } == {"IngestFunctionAliaslive"}
+
+
+def test_a_literal_property_change_publishes_a_new_version(tmp_path: Any) -> None:
+    # Given the template with one function's memory size changed in the template itself
+    source = (ROOT / "template.yaml").read_text()
+    changed = tmp_path / "template.yaml"
+    changed.write_text(source.replace("    MemorySize: 512\n", "    MemorySize: 1024\n", 1))
+    (tmp_path / "samconfig.toml").write_text((ROOT / "samconfig.toml").read_text())
+
+    # When both are transformed
+    before = load_template(ROOT / "template.yaml")
+    after = load_template(changed)
+
+    # Then every function gets a new version id (AutoPublishAliasAllProperties hashes all properties)
+    assert source != changed.read_text()
+    for function_id in FUNCTIONS:
+        assert version_of(before, function_id) != version_of(after, function_id)
+
+
+def test_a_parameter_value_change_alone_publishes_no_new_version() -> None:
+    """The trap of SAM issues #1640/#3820, pinned: samtranslator hashes the function's properties
+    before resolving parameters (`_construct_version`), so `LogLevel=DEBUG` updates $LATEST but the
+    alias keeps the old version. README (Deploy) says how to ship such a change; if this test
+    fails, samtranslator now publishes on parameter values and README can say so."""
+    # Given the same template transformed with two values of a parameter the environment references
+    info = load_template(ROOT / "template.yaml", overrides={"LogLevel": "INFO"})
+    debug = load_template(ROOT / "template.yaml", overrides={"LogLevel": "DEBUG"})
+
+    # Then the environment differs only by the unresolved Ref, and the version ids do not differ
+    assert info.parameters["LogLevel"] != debug.parameters["LogLevel"]
+    for function_id in FUNCTIONS:
+        assert properties(info, function_id)["Environment"]["Variables"]["POWERTOOLS_LOG_LEVEL"] == ref(
+            "LogLevel"
+        )
+        assert version_of(info, function_id) == version_of(debug, function_id)

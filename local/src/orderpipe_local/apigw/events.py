@@ -184,6 +184,10 @@ def _function_arns(template: Template) -> Any:
     """A lookup that resolves `Fn::GetAtt Function.Arn` to the ARN the function would have."""
 
     def lookup(logical_id: str, attribute: str | None) -> str:
+        function_id = template.invoked_function(logical_id)
+        if function_id != logical_id and attribute is None:
+            alias = template.resources[logical_id]["Properties"].get("Name", "")
+            return f"arn:aws:lambda:{template.region}:{ACCOUNT_ID}:function:{function_id}:{alias}"
         resource_type = template.resources[logical_id]["Type"]
         if resource_type == "AWS::Lambda::Function":
             return f"arn:aws:lambda:{template.region}:{ACCOUNT_ID}:function:{logical_id}"

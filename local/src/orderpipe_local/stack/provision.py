@@ -66,7 +66,11 @@ class Stack:
         mappings = []
         for resource in self.template.resources_of_type("AWS::Lambda::EventSourceMapping").values():
             properties = resource["Properties"]
-            if properties.get("FunctionName") == {"Ref": function_id}:
+            target = properties.get("FunctionName")
+            if (
+                isinstance(target, dict)
+                and self.template.invoked_function(str(target.get("Ref"))) == function_id
+            ):
                 resolved = dict(properties, FunctionName=function_id)
                 mappings.append(self.resolve(resolved))
         return mappings

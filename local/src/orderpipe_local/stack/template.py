@@ -102,6 +102,16 @@ class Template:
             if resource["Type"] == resource_type and self.is_created(logical_id)
         }
 
+    def invoked_function(self, logical_id: str) -> str:
+        """The function a reference invokes: itself, or the function behind an alias (SAM's
+        AutoPublishAlias points the API and the event sources at the alias)."""
+        resource = self.resources.get(logical_id, {})
+        if resource.get("Type") == "AWS::Lambda::Alias":
+            target = resource.get("Properties", {}).get("FunctionName")
+            if isinstance(target, dict) and isinstance(target.get("Ref"), str):
+                return str(target["Ref"])
+        return logical_id
+
     def is_created(self, logical_id: str) -> bool:
         condition = self.resources[logical_id].get("Condition")
         return condition is None or bool(self.evaluate_condition(condition))
