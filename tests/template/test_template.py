@@ -228,6 +228,7 @@ def test_support_email_subscription_exists_only_with_a_support_email() -> None:
         "TopicArn": ref("OrdersTopic"),
         "Protocol": "email",
         "Endpoint": ref("SupportEmail"),
+        "RedrivePolicy": {"deadLetterTargetArn": get_att("EmailSubscriptionsDLQ", "Arn")},
     }
     assert with_email.is_created("SupportEmailSubscription")
     assert not without_email.is_created("SupportEmailSubscription")
@@ -257,6 +258,24 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "NotifierErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("NotifierFunction")}),
     "NotifierIteratorAgeAlarm": ("AWS/Lambda", "IteratorAge", {"FunctionName": ref("NotifierFunction")}),
     "Api5xxAlarm": ("AWS/ApiGateway", "5xx", {"ApiId": ref("OrdersApi"), "Stage": "$default"}),
+    "IngestThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("IngestFunction")}),
+    "WriterThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("WriterFunction")}),
+    "NotifierThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("NotifierFunction")}),
+    "OrdersDLQAgeAlarm": (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        {"QueueName": get_att("OrdersDLQ", "QueueName")},
+    ),
+    "NotifierDLQAgeAlarm": (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        {"QueueName": get_att("NotifierDLQ", "QueueName")},
+    ),
+    "EmailSubscriptionsDLQAgeAlarm": (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        {"QueueName": get_att("EmailSubscriptionsDLQ", "QueueName")},
+    ),
     # The notifier's own EMF metric: an order was emailed but is still PLACED.
     "NotifiedOrdersNotMarkedAlarm": (
         "Orderpipe",
@@ -270,6 +289,54 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"service": "notifier", "stage": ref("Stage")},
     ),
 }
+
+
+TABLE_THROTTLE_ALARMS = {
+    "OrdersTableThrottlesAlarm": "OrdersTable",
+    "IdempotencyTableThrottlesAlarm": "IdempotencyTable",
+}
+
+
+@pytest.mark.parametrize(("alarm_id", "table_id"), sorted(TABLE_THROTTLE_ALARMS.items()))
+def test_table_throttle_alarm_adds_read_and_write_throttles(
+    template: Template, alarm_id: str, table_id: str
+) -> None:
+    alarm = properties(template, alarm_id)
+    metrics = {metric["Id"]: metric for metric in alarm["Metrics"]}
+
+    # The alarm evaluates the one expression; both of the table's throttle metrics feed it.
+    assert [m["Id"] for m in alarm["Metrics"] if m.get("ReturnData", True)] == ["throttles"]
+    assert metrics["throttles"]["Expression"] == "reads + writes"
+    for metric_id, name in (("reads", "ReadThrottleEvents"), ("writes", "WriteThrottleEvents")):
+        stat = metrics[metric_id]["MetricStat"]
+        assert stat["Metric"] == {
+            "Namespace": "AWS/DynamoDB",
+            "MetricName": name,
+            "Dimensions": [{"Name": "TableName", "Value": ref(table_id)}],
+        }
+        assert stat["Stat"] == "Sum"
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+@pytest.mark.parametrize(
+    ("alarm_id", "queue_id", "limit_seconds"),
+    [
+        # Before SQS drops the order (OrdersDLQ keeps 14 days) and before the stream drops the
+        # records a NotifierDLQ failure record points at (24 hours).
+        ("OrdersDLQAgeAlarm", "OrdersDLQ", 14 * 86400),
+        ("NotifierDLQAgeAlarm", "NotifierDLQ", 86400),
+        ("EmailSubscriptionsDLQAgeAlarm", "EmailSubscriptionsDLQ", 14 * 86400),
+    ],
+)
+def test_dlq_age_alarm_fires_while_the_message_can_still_be_recovered(
+    template: Template, alarm_id: str, queue_id: str, limit_seconds: int
+) -> None:
+    alarm = properties(template, alarm_id)
+    retention = int(properties(template, queue_id)["MessageRetentionPeriod"])
+
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] <= min(limit_seconds, retention) / 2
+    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 3600
 
 
 @pytest.mark.parametrize("alarm_id", sorted(EXPECTED_ALARMS))
@@ -286,7 +353,7 @@ def test_alarm_watches_its_metric(template: Template, alarm_id: str) -> None:
 def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
     alarms = template.resources_of_type("AWS::CloudWatch::Alarm")
 
-    assert set(alarms) == set(EXPECTED_ALARMS) | set(ROLLBACK_ALARMS.values())
+    assert set(alarms) == set(EXPECTED_ALARMS) | set(TABLE_THROTTLE_ALARMS) | set(ROLLBACK_ALARMS.values())
     for alarm_id, alarm in alarms.items():
         assert alarm["Properties"]["AlarmActions"] == [ref("AlarmTopic")], alarm_id
         assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
@@ -472,7 +539,9 @@ def test_dashboard_shows_the_state_of_every_alarm(template: Template, dashboard:
     names = PhysicalNames(template)
     [alarm_widget] = widgets_of_type(dashboard, "alarm")
 
-    assert {names.owner(arn) for arn in alarm_widget["properties"]["alarms"]} == set(EXPECTED_ALARMS)
+    assert {names.owner(arn) for arn in alarm_widget["properties"]["alarms"]} == set(EXPECTED_ALARMS) | set(
+        TABLE_THROTTLE_ALARMS
+    )
 
 
 def test_dashboard_widgets_fit_the_grid_without_overlapping(dashboard: dict[str, Any]) -> None:
@@ -943,3 +1012,49 @@ def test_a_parameter_value_change_alone_publishes_no_new_version() -> None:
             "LogLevel"
         )
         assert version_of(info, function_id) == version_of(debug, function_id)
+
+
+# --- Hygiene: retained queues, the email DLQ, ingest's concurrency ---------------------------------
+
+
+@pytest.mark.parametrize("queue_id", ["OrdersQueue", "OrdersDLQ"])
+def test_queues_holding_unstored_orders_outlive_the_stack(template: Template, queue_id: str) -> None:
+    queue = template.resources[queue_id]
+
+    assert (queue["DeletionPolicy"], queue["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
+def test_undeliverable_emails_are_parked_in_a_queue_only_our_topics_may_write() -> None:
+    # Given both email subscriptions
+    template = load_template(
+        ROOT / "template.yaml",
+        overrides={"SupportEmail": "support@example.com", "AlarmEmail": "oncall@example.com"},
+    )
+    policy = properties(template, "EmailSubscriptionsDLQPolicy")
+    [statement] = policy["PolicyDocument"]["Statement"]
+
+    # Then each redrives to EmailSubscriptionsDLQ, which SNS may write to for these two topics only
+    for subscription_id in ("SupportEmailSubscription", "AlarmEmailSubscription"):
+        assert properties(template, subscription_id)["RedrivePolicy"] == {
+            "deadLetterTargetArn": get_att("EmailSubscriptionsDLQ", "Arn")
+        }
+    assert policy["Queues"] == [ref("EmailSubscriptionsDLQ")]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "sns.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Resource"] == get_att("EmailSubscriptionsDLQ", "Arn")
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": [ref("OrdersTopic"), ref("AlarmTopic")]}}
+    assert properties(template, "EmailSubscriptionsDLQ")["SqsManagedSseEnabled"] is True
+
+
+@pytest.mark.parametrize(("value", "reserved"), [("0", None), ("200", "200")])
+def test_ingest_reserved_concurrency_is_set_only_when_asked(value: str, reserved: str | None) -> None:
+    template = load_template(ROOT / "template.yaml", overrides={"IngestReservedConcurrency": value})
+    setting = properties(template, "IngestFunction")["ReservedConcurrentExecutions"]
+    function = Resolver(template, lambda *_: None).resolve(
+        {"Concurrency": {"ReservedConcurrentExecutions": setting}}
+    )
+
+    # 0 must not reach Lambda: a reservation of 0 would throttle every request.
+    resolved = function["Concurrency"].get("ReservedConcurrentExecutions")
+    assert (None if resolved is None else str(resolved)) == reserved

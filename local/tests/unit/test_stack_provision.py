@@ -113,6 +113,7 @@ def test_only_data_resources_are_created(stack: Stack) -> None:
         "OrdersQueue",
         "OrdersDLQ",
         "NotifierDLQ",
+        "EmailSubscriptionsDLQ",
         "OrdersTable",
         "IdempotencyTable",
         "OrdersTopic",

@@ -94,6 +94,7 @@ class Template:
     stack_name: str = "orderpipe"
     source_code_uris: dict[str, str] = field(default_factory=dict)
     rules: dict[str, Any] = field(default_factory=dict)
+    mappings: dict[str, Any] = field(default_factory=dict)
 
     def resources_of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
         return {
@@ -144,21 +145,18 @@ class Template:
         }
 
 
-def load_template(
-    path: Path | None = None,
-    *,
-    overrides: Mapping[str, str] | None = None,
-    environment: str = "default",
-    region: str | None = None,
-    stack_name: str = "orderpipe",
-) -> Template:
-    """Parse and SAM-transform `template.yaml`.
+def transformed_template(path: Path | None = None, *, environment: str = "default") -> dict[str, Any]:
+    """The whole CloudFormation template the SAM transform makes of `template.yaml` (parameters,
+    mappings and outputs included), for linters; code locations are placeholders."""
+    region = os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    return _transform(path, None, environment, region)[0]
 
-    Parameter values: the template's defaults, then samconfig's `environment`, then `overrides`.
-    """
+
+def _transform(
+    path: Path | None, overrides: Mapping[str, str] | None, environment: str, region: str
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     path = path or project_root() / "template.yaml"
     sam_template = yaml_parse(path.read_text())
-    region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
     code_uris: dict[str, str] = {}
     for logical_id, resource in sam_template.get("Resources", {}).items():
@@ -193,6 +191,23 @@ def load_template(
         # The translator records timings for a publisher it never flushes; flush them to its
         # offline publisher so it does not warn "There are unpublished metrics" later.
         MetricsMethodWrapperSingleton.get_instance().publish()
+    return transformed, parameters, code_uris
+
+
+def load_template(
+    path: Path | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    environment: str = "default",
+    region: str | None = None,
+    stack_name: str = "orderpipe",
+) -> Template:
+    """Parse and SAM-transform `template.yaml`.
+
+    Parameter values: the template's defaults, then samconfig's `environment`, then `overrides`.
+    """
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    transformed, parameters, code_uris = _transform(path, overrides, environment, region)
 
     template = Template(
         resources=transformed["Resources"],
@@ -203,6 +218,7 @@ def load_template(
         stack_name=stack_name,
         source_code_uris=code_uris,
         rules=transformed.get("Rules", {}),
+        mappings=transformed.get("Mappings", {}),
     )
     template.check_rules()
     return template
@@ -292,6 +308,12 @@ class Resolver:
             case "Fn::Join":
                 separator, values = argument
                 return separator.join(str(v) for v in self.resolve(values))
+            case "Fn::FindInMap":
+                mapping, top, second = (str(self.resolve(part)) for part in argument)
+                try:
+                    return self.template.mappings[mapping][top][second]
+                except KeyError as exc:
+                    raise TemplateError(f"Fn::FindInMap: no {mapping}.{top}.{second}") from exc
             case "Fn::Select":
                 index, values = argument
                 return self.resolve(values)[int(self.resolve(index))]
