@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 SAM_PYENV := $(shell command -v pyenv >/dev/null 2>&1 && pyenv versions --bare | grep -E '^3\.13' | head -1)
 SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(SAM_PYENV),PYENV_VERSION=$(shell python3 -c 'import platform;print(platform.python_version())'):$(SAM_PYENV))
 
-.PHONY: dev lock run test lint typecheck validate build pytest unit integration e2e bench bench-compare format clean
+CHECKOV_VENV := .venv-checkov
+
+.PHONY: dev lock run test lint typecheck validate check-template build pytest unit integration e2e bench bench-compare format clean
 
 # The virtual environment is made anew from the lock whenever the lock or a pyproject changes, so
 # it holds exactly what requirements/dev.lock pins (hash-checked), plus this repo's two packages.
@@ -21,6 +23,14 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml local/pyproject.toml
 
 dev: $(VENV)/.installed
 
+# checkov's dependencies clash with dev.lock's, so it has a venv of its own, made from its own lock.
+$(CHECKOV_VENV)/.installed: requirements/checkov.lock
+	rm -rf $(CHECKOV_VENV)
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements/checkov.lock
+	$(CHECKOV_VENV)/bin/pip check
+	touch $@
+
 # Resolves requirements/dev.in and both pyprojects into the lock, for Python 3.11 and later on any
 # platform, with the hashes of every file. Pins that still fit are kept (add a dependency, run
 # `make lock`, and nothing else moves); `make lock UPGRADE=1` moves every pin to the newest allowed.
@@ -28,11 +38,13 @@ lock: dev
 	$(BIN)/uv pip compile requirements/dev.in --universal --python-version 3.11 --generate-hashes \
 	    $(if $(UPGRADE),--upgrade) --no-emit-package orderpipe --no-emit-package orderpipe-local \
 	    --quiet -o requirements/dev.lock
+	$(BIN)/uv pip compile requirements/checkov.in --universal --python-version 3.11 --generate-hashes \
+	    $(if $(UPGRADE),--upgrade) --quiet -o requirements/checkov.lock
 
 run: dev
 	$(BIN)/orderpipe local
 
-test: lint typecheck validate build pytest
+test: lint typecheck validate check-template build pytest
 
 lint: dev
 	$(BIN)/ruff check .
@@ -47,6 +59,15 @@ typecheck: dev
 
 validate: dev
 	$(SAM_ENV) $(BIN)/sam validate --lint
+
+# cfn-lint (with the serverless rules) and checkov, on template.yaml and on the SAM-transformed
+# template; any finding not fixed or skipped in the template (with its reason) fails.
+check-template: dev $(CHECKOV_VENV)/.installed
+	$(PY) -m orderpipe_local.stack.transformed -o .aws-sam/transformed.json
+	$(BIN)/cfn-lint --append-rules cfn_lint_serverless.rules -- template.yaml
+	$(BIN)/cfn-lint --append-rules cfn_lint_serverless.rules -- .aws-sam/transformed.json
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f .aws-sam/transformed.json
 
 build: dev
 	$(SAM_ENV) $(BIN)/sam build --parallel
