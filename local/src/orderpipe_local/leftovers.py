@@ -17,6 +17,7 @@ import email.policy
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,13 +115,20 @@ def from_journal(journal: Path, stack: Stack, outbox_dir: Path) -> Leftovers:
 
 def mailed_order_ids(outbox_dir: Path) -> set[str]:
     """The order ids in the outbox's emails (their text, whatever its transfer encoding)."""
-    found: set[str] = set()
+    return set(mailed_order_counts(outbox_dir))
+
+
+def mailed_order_counts(outbox_dir: Path) -> Counter[str]:
+    """How many of the outbox's emails name each order id."""
+    counts: Counter[str] = Counter()
     for path in outbox_dir.glob("*.eml") if outbox_dir.is_dir() else []:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        named: set[str] = set()
         for part in message.walk():
             if part.get_content_maintype() == "text":
-                found.update(_ORDER_ID.findall(part.get_content()))
-    return found
+                named.update(_ORDER_ID.findall(part.get_content()))
+        counts.update(named)
+    return counts
 
 
 def put_back(
