@@ -464,7 +464,7 @@ def test_dashboard_shows_every_custom_metric_the_functions_emit(
     }
 
     # Then they are exactly those: none missing, none that nothing emits
-    assert len(emitted) == 11
+    assert len(emitted) == 12
     assert custom == emitted
 
 

@@ -463,8 +463,9 @@ class LocalPipeline:
             if isinstance(source, SqsEventSource):
                 source.return_unsettled()  # those a failed or ended invocation held: readable again
         assert self.config.journal is not None
+        assert self.config.outbox_dir is not None
         try:
-            leftovers = collect(self.stack)
+            leftovers = collect(self.stack, self.config.outbox_dir)
         except Exception as error:  # the endpoint failed meanwhile: nothing to read it from
             self.console.line(f"could not read what is left in the endpoint: {error}")
             self._keep_from_journal(self.config.journal, "the AWS endpoint (moto) failed")
