@@ -155,7 +155,7 @@ def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = Non
 
     announced: list[str] = []
     topic = clients.orders_topic()
-    emails = render_support_emails(to_announce)
+    emails = render_support_emails(to_announce, detail=settings().support_email_detail)
     for position, email in enumerate(emails):
         log_fields = {"subject": email.subject, "order_ids": list(email.order_ids)}
         try:
