@@ -46,7 +46,7 @@ from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
 from orderpipe.settings import settings
-from orderpipe.support_email import render_support_emails
+from orderpipe.support_email import SupportEmailDetail, render_support_emails
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -113,6 +113,14 @@ class StreamBatchProcessor(FailureLoggingProcessor):
         return getattr(change, "SequenceNumber", None) or getattr(change, "sequence_number", None)
 
 
+def check_notifier_settings() -> SupportEmailDetail:
+    """Called at cold start, so that a bad setting (SUPPORT_EMAIL_DETAIL) fails the function's
+    init, before any record is taken, rather than every batch; raises InvalidSetting."""
+    detail = settings().support_email_detail
+    logger.info("Notifier ready", extra={"support_email_detail": str(detail)})
+    return detail
+
+
 def new_order_of(record: OrderStreamRecord) -> Order | None:
     """The order an INSERT announces; None for any other change."""
     if record.eventName != "INSERT":
@@ -155,7 +163,7 @@ def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = Non
 
     announced: list[str] = []
     topic = clients.orders_topic()
-    emails = render_support_emails(to_announce)
+    emails = render_support_emails(to_announce, detail=settings().support_email_detail)
     for position, email in enumerate(emails):
         log_fields = {"subject": email.subject, "order_ids": list(email.order_ids)}
         try:

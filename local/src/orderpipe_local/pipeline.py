@@ -321,7 +321,9 @@ class LocalPipeline:
         for source in self.sources:
             line(f"  event source  {source.name}")
         email = stack.template.parameters.get("SupportEmail", "")
-        line(f"  outbox        {_relative(self.config.outbox_dir)}  (email to {email})")
+        detail = stack.template.parameters.get("SupportEmailDetail", "")
+        outbox = _relative(self.config.outbox_dir)
+        line(f"  outbox        {outbox}  (email to {email}, SupportEmailDetail={detail})")
         line(f"  function logs {_relative(self.config.function_log)}")
         if self.config.leftover_dir is not None and (files := left_over_files(self.config.leftover_dir)):
             line(
