@@ -326,6 +326,9 @@ def run_chaos(plan: ChaosPlan, workdir: Path, say: Any = print) -> ChaosResult:
             QueueUrl=pipeline.resource("OrdersQueue"),
             Attributes={"VisibilityTimeout": str(plan.visibility_timeout)},
         )
+        # A receive takes the queue's timeout when it starts: what the poll under way (1 s long)
+        # receives stays invisible for the template's 210 s, past the settle wait.
+        time.sleep(2.0)
         say(
             f"chaos: {plan.orders} orders at {plan.rate:g}/s, seed {plan.seed}; "
             f"OrdersQueue's visibility timeout set to {plan.visibility_timeout} s for the run"
