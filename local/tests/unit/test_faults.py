@@ -70,6 +70,14 @@ def test_a_fault_hits_only_its_operation_and_a_star_every_one() -> None:
     assert faults.draw("sns", "Subscribe") == (2.0, None)
 
 
+def test_a_stalled_call_goes_through_whatever_error_would_hit_it() -> None:
+    stall, error = parse_fault("sns:Publish=8@1"), parse_fault("sns:Publish=InternalError@1")
+    faults = FaultList(1, [error, stall])
+
+    assert faults.draw("sns", "Publish") == (8.0, None)
+    assert faults.describe()["injected"] == {error.spec: 0, stall.spec: 1}
+
+
 def test_cleared_faults_hit_nothing_and_keep_their_counts() -> None:
     faults = FaultList(1, [parse_fault("sns:Publish=InternalError@1")])
     faults.draw("sns", "Publish")

@@ -5,8 +5,9 @@ that fraction of the calls of that operation, whoever makes them (a handler, a p
 console), is answered with that AWS error, with the HTTP status and error body AWS sends for it
 in the service's protocol, so that botocore's retries and the handlers' error paths run as they
 would against AWS. A delay is `SERVICE:Operation=SECONDS@RATE`: the call waits that long, then
-goes through (a stall: the caller may have given up while the call still takes effect, as a
-SendMessage or a Publish does in AWS after its client timed out). `*` as the operation matches
+goes through, whatever error fault hit it too (a stall: the caller may have given up while the
+call still takes effect, as a SendMessage or a Publish does in AWS after its client timed out).
+`*` as the operation matches
 every operation of the service. Services and operations are botocore's names (those of
 `boto3.client(SERVICE)`), checked against botocore's models, as are the error codes (the
 service's own errors, and AWS's common ones such as InternalFailure or ThrottlingException).
@@ -219,20 +220,25 @@ class FaultList:
             return {fault.service for fault in self._faults}
 
     def draw(self, service: str, operation: str) -> tuple[float, Fault | None]:
-        """What to do to one call: the seconds to stall it, the error to answer (or None)."""
+        """What to do to one call: the seconds to stall it, or the error to answer (or None).
+
+        A stalled call goes through: were it also failed, a caller that gave up waiting could
+        not tell it from one that took effect, which is what a stall is there to show.
+        """
         delay, error = 0.0, None
         with self._lock:
-            for fault in self._faults:
-                if not fault.matches(service, operation):
-                    continue
-                if fault.error is not None and error is not None:
-                    continue  # one error a call; the first that hits
-                if self._draws[fault.spec].random() < fault.rate:
-                    self.counts[fault.spec] += 1
-                    if fault.delay is not None:
-                        delay += fault.delay
-                    else:
-                        error = fault
+            hits = [
+                fault
+                for fault in self._faults
+                if fault.matches(service, operation) and self._draws[fault.spec].random() < fault.rate
+            ]
+            delays = [fault for fault in hits if fault.delay is not None]
+            errors = [fault for fault in hits if fault.error is not None]
+            applied = delays or errors[:1]  # one error a call: the first that hits
+            for fault in applied:
+                self.counts[fault.spec] += 1
+            delay = sum(fault.delay or 0.0 for fault in delays)
+            error = None if delays or not errors else errors[0]
         return delay, error
 
     def describe(self) -> dict[str, Any]:
