@@ -1,4 +1,4 @@
-"""The `orderpipe` command: `local`, `invoke`, `openapi`."""
+"""The `orderpipe` command: `local`, `invoke`, `requeue`, `token`, `openapi`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from orderpipe_local.config import (
+    DEFAULT_AUTH_PORT,
     DEFAULT_BACKGROUND_NICE,
+    DEFAULT_TOKEN_LIFETIME_SECONDS,
     DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS,
     DEFAULT_WORKERS,
 )
@@ -104,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
         "503 for it and its queue or stream keeps the events "
         f"(default {DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS:g})",
     )
+    local.add_argument(
+        "--auth",
+        action="store_true",
+        help="turn on the API's JWT authorizer with this pipeline as the issuer (its own key and "
+        "JWKS); `orderpipe token` prints tokens for it",
+    )
+    local.add_argument(
+        "--auth-port",
+        type=int,
+        default=DEFAULT_AUTH_PORT,
+        help=f"with --auth, the issuer's port on the API's host (default {DEFAULT_AUTH_PORT}; 0 picks one)",
+    )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
         "--drain-timeout",
@@ -139,6 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("files", metavar="FILE", type=Path, nargs="+", help="left-over file(s)")
     requeue.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
 
+    token = commands.add_parser(
+        "token",
+        help="print an access token for the running `orderpipe local --auth`",
+        description="Print on stdout an access token signed by the running `orderpipe local --auth` "
+        "(its issuer and audience), as an OAuth server would issue it: "
+        'curl -H "Authorization: Bearer $(orderpipe token --sub ada --scope orders/write)" ...',
+    )
+    token.add_argument("--sub", required=True, help="the token's subject: the customer it stands for")
+    token.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="a scope it grants (repeat for more): orders/write, orders/read-all",
+    )
+    token.add_argument(
+        "--expires-in",
+        type=int,
+        default=DEFAULT_TOKEN_LIFETIME_SECONDS,
+        metavar="SECONDS",
+        help=f"lifetime (default {DEFAULT_TOKEN_LIFETIME_SECONDS}; negative: already expired)",
+    )
+    token.add_argument(
+        "--audience", help="the audience it names (default the pipeline's: any other is refused)"
+    )
+    token.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+
     commands.add_parser("openapi", help="print the OpenAPI description of the HTTP API")
     return parser
 
@@ -170,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return _invoke(args)
         case "requeue":
             return _requeue(args)
+        case "token":
+            return _token(args)
         case _:
             from orderpipe.ingest import openapi_json
 
@@ -199,6 +243,8 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         workers=getattr(args, "workers", DEFAULT_WORKERS),
         background_nice=getattr(args, "background_nice", DEFAULT_BACKGROUND_NICE),
         unavailable_timeout=getattr(args, "unavailable_timeout", DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS),
+        auth=getattr(args, "auth", False),
+        auth_port=getattr(args, "auth_port", DEFAULT_AUTH_PORT),
     )
 
 
@@ -302,6 +348,40 @@ def _requeue(args: argparse.Namespace) -> int:
     for path, kept in leftovers:
         print(f"{path}: {kept.summary() or 'nothing left'}")
         put_back(kept, stack, path, progress=lambda line: print(f"  {line}"))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from orderpipe_local.issuer import issue_token, read_key
+    from orderpipe_local.state import PipelineState
+
+    config = _config(args)
+    state = PipelineState.read(config.state_file) if config.state_file else None
+    if state is None:
+        print("orderpipe token: no orderpipe local is running here: start it with --auth", file=sys.stderr)
+        return 1
+    if state.auth is None:
+        print(
+            f"orderpipe token: the orderpipe local running here (pid {state.pid}) has no issuer:"
+            " restart it with --auth",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        key = read_key(Path(state.auth["key_file"]))
+    except (OSError, ValueError) as error:
+        print(f"orderpipe token: cannot read the issuer's key: {error}", file=sys.stderr)
+        return 1
+    print(
+        issue_token(
+            key,
+            issuer=state.auth["issuer"],
+            audience=args.audience or state.auth["audience"],
+            subject=args.sub,
+            scopes=args.scopes,
+            expires_in=args.expires_in,
+        )
+    )
     return 0
 
 
