@@ -12,13 +12,14 @@ import pytest
 
 from orderpipe.access import PLACE_ORDERS_SCOPE, READ_ALL_ORDERS_SCOPE
 from orderpipe.aws import clients
-from orderpipe.models import Order
+from orderpipe.models import Order, OrderRequest
 from orderpipe.observability import metrics
 from orderpipe_local.runtime.lambda_context import LocalLambdaContext
 from orderpipe_local.stack.provision import Stack
 from orderpipe_local.stack.template import Template
 from orderpipe_local.testing import load_event
 from tests.integration.conftest import handler_of
+from tests.integration.test_ingest import FIXTURE_STATUS
 from tests.unit.test_ingest_access import ADA, GRACE, token_claims, with_claims
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
@@ -141,3 +142,45 @@ def test_one_customers_idempotency_key_is_not_anothers(template: Template, stack
     assert json.loads(retried["body"])["orderId"] == ada_id
     store_queued_orders(stack)
     assert json.loads(grace.read(grace_id)["body"])["customerId"] == GRACE
+
+
+# --- The fixtures (sam local invoke -e / orderpipe invoke -e) -----------------------------------
+
+
+def invoke_fixture(template: Template, name: str) -> dict[str, Any]:
+    response: dict[str, Any] = handler_of(template, "IngestFunction")(
+        load_event(name), LocalLambdaContext(function_name="IngestFunction")
+    )
+    return response
+
+
+def test_post_fixture_with_a_token_queues_the_order_of_its_subject(template: Template, stack: Stack) -> None:
+    # Given the fixture of a POST that API Gateway's JWT authorizer let through
+    event = load_event("ingest-post-order-with-token.json")
+    subject = event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"]
+
+    # When it is invoked
+    response = invoke_fixture(template, "ingest-post-order-with-token.json")
+
+    # Then the order is accepted and queued with the token's subject as its customer
+    assert response["statusCode"] == FIXTURE_STATUS["ingest-post-order-with-token.json"]
+    [message] = boto3.client("sqs").receive_message(QueueUrl=stack.ref("OrdersQueue")).get("Messages", [])
+    assert Order.model_validate_json(message["Body"]).customer_id == subject
+
+
+def test_get_fixture_of_another_customers_order_is_404(template: Template, stack: Stack) -> None:
+    # Given the fixture's order stored as placed by Ada, and the fixture's token Grace's
+    event = load_event("ingest-get-order-of-another-customer.json")
+    assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == GRACE
+    order_id = event["pathParameters"]["orderId"]
+    request = OrderRequest.model_validate_json(load_event("ingest-post-order.json")["body"])
+    assert clients.orders_table().put_new_order(Order.accept(request, order_id=order_id, customer_id=ADA))
+    ada = Customer(template, ADA, PLACE_ORDERS_SCOPE)
+
+    # When it is invoked
+    response = invoke_fixture(template, "ingest-get-order-of-another-customer.json")
+
+    # Then it is the 404 of an unknown id, and Ada still reads the order
+    assert response["statusCode"] == FIXTURE_STATUS["ingest-get-order-of-another-customer.json"]
+    assert json.loads(response["body"]) == {"message": "no order has this id"}
+    assert ada.read(order_id)["statusCode"] == 200
