@@ -53,6 +53,12 @@ class PipelineConfig:
     # could be started) before the pipeline stops with an error naming it: meanwhile the API
     # answers 503 for it, or its queue or stream keeps what it has not taken.
     unavailable_timeout: float = DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS
+    # Faults to inject in front of moto from the start (`orderpipe_local.moto.faults` specs:
+    # errors and delays), the fraction of SQS messages its event sources deliver twice, and the
+    # seed both are drawn with (None: one chosen at random, and printed, so a run can be repeated).
+    faults: list[str] = field(default_factory=list)
+    duplicate_deliveries: float = 0.0
+    fault_seed: int | None = None
     # `--auth`: the pipeline is the issuer of the API's JWT authorizer (`orderpipe_local.issuer`),
     # its OpenID configuration and JWKS on the API's host at this port.
     auth: bool = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -78,6 +79,10 @@ class LocalPipeline:
     def __init__(self, config: PipelineConfig, console: Console) -> None:
         self.config = config
         self.console = console
+        # The seed of the faults and duplicate deliveries: the same one repeats a run's draws.
+        self.fault_seed = (
+            config.fault_seed if config.fault_seed is not None else random.randrange(1, 1_000_000)
+        )
         self.endpoint: AwsEndpoint | None = None
         self.stack: Stack | None = None
         self.functions: dict[str, LocalFunction] = {}
@@ -120,13 +125,7 @@ class LocalPipeline:
         if config.journal.exists():
             config.journal.replace(previous_journal)
         # moto starts in its own process while this one reads the template.
-        self.endpoint = AwsEndpoint(
-            config.aws_host,
-            config.aws_port,
-            config.endpoint_log,
-            dynamodb_nice=config.background_nice,
-            journal=config.journal,
-        )
+        self.endpoint = self._new_endpoint(config.aws_port)
         self.endpoint.launch()
         if config.workers >= 1:
             start_forkserver()  # its imports, in a process of its own, overlap what follows
@@ -168,7 +167,8 @@ class LocalPipeline:
 
         self.sources = self._event_sources(stack, functions)
         stream_sources = [s for s in self.sources if isinstance(s, DynamoDBStreamEventSource)]
-        self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources)
+        queue_sources = [s for s in self.sources if isinstance(s, SqsEventSource)]
+        self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources, queue_sources)
         assert config.outbox_dir is not None
         self.outbox = EmailOutbox(stack, self.endpoint.url, config.outbox_dir, self._on_email)
         self.outbox.start()
@@ -210,6 +210,18 @@ class LocalPipeline:
             functions[function_id] = pool
         return functions
 
+    def _new_endpoint(self, port: int) -> AwsEndpoint:
+        config = self.config
+        return AwsEndpoint(
+            config.aws_host,
+            port,
+            config.endpoint_log,
+            dynamodb_nice=config.background_nice,
+            journal=config.journal,
+            faults=config.faults,
+            fault_seed=self.fault_seed,
+        )
+
     def _endpoint_ready(self, endpoint: AwsEndpoint) -> AwsEndpoint:
         config = self.config
         try:
@@ -223,10 +235,7 @@ class LocalPipeline:
                 DEFAULT_AWS_PORT,
                 DEFAULT_AWS_PORT,
             )
-            endpoint = AwsEndpoint(
-                config.aws_host, 0, config.endpoint_log, dynamodb_nice=config.background_nice
-            )
-            self.endpoint = endpoint
+            endpoint = self.endpoint = self._new_endpoint(0)
             endpoint.start()
         return endpoint
 
@@ -261,7 +270,16 @@ class LocalPipeline:
         for function_id, mapping, service in self._mappings(stack):
             match service:
                 case "sqs":
-                    sources.append(SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url))
+                    sources.append(
+                        SqsEventSource(
+                            stack,
+                            mapping,
+                            functions[function_id],
+                            self.endpoint.url,
+                            duplicate_deliveries=self.config.duplicate_deliveries,
+                            seed=self.fault_seed,
+                        )
+                    )
                 case "dynamodb":
                     function, streams_url = functions[function_id], self.endpoint.url_for("dynamodbstreams")
                     sources.append(
@@ -330,7 +348,9 @@ class LocalPipeline:
         for source in self.sources:
             line(f"  event source  {source.name}")
         email = stack.template.parameters.get("SupportEmail", "")
-        line(f"  outbox        {_relative(self.config.outbox_dir)}  (email to {email})")
+        detail = stack.template.parameters.get("SupportEmailDetail", "")
+        outbox = _relative(self.config.outbox_dir)
+        line(f"  outbox        {outbox}  (email to {email}, SupportEmailDetail={detail})")
         line(f"  function logs {_relative(self.config.function_log)}")
         if self.config.leftover_dir is not None and (files := left_over_files(self.config.leftover_dir)):
             line(
@@ -341,6 +361,13 @@ class LocalPipeline:
             "  state         in moto's memory: a restart forgets the orders stored and mailed and the"
             " idempotency keys; what a stop or a crash leaves unfinished is kept in a left-over file"
         )
+        if self.config.faults or self.config.duplicate_deliveries:
+            injected = [*self.config.faults]
+            if self.config.duplicate_deliveries:
+                injected.append(f"duplicate deliveries {self.config.duplicate_deliveries:g}")
+            line(
+                f"  faults        {', '.join(injected)}  (seed {self.fault_seed}: --fault-seed repeats them)"
+            )
         line("Ctrl-C stops: the API stops accepting, what it accepted is stored and mailed, then it exits.")
 
     # --- run -----------------------------------------------------------------------------------
@@ -465,8 +492,9 @@ class LocalPipeline:
             if isinstance(source, SqsEventSource):
                 source.return_unsettled()  # those a failed or ended invocation held: readable again
         assert self.config.journal is not None
+        assert self.config.outbox_dir is not None
         try:
-            leftovers = collect(self.stack)
+            leftovers = collect(self.stack, self.config.outbox_dir)
         except Exception as error:  # the endpoint failed meanwhile: nothing to read it from
             self.console.line(f"could not read what is left in the endpoint: {error}")
             self._keep_from_journal(self.config.journal, "the AWS endpoint (moto) failed")
