@@ -132,7 +132,7 @@ def test_notifier_batching_window_is_never_zero(sam_parameters: dict[str, dict[s
 def test_a_writer_batch_above_ten_requires_a_batching_window(template: Template) -> None:
     # Lambda refuses an SQS batch size above 10 with no batching window; a template rule says so first.
     def holds(batch_size: str, window: str) -> bool:
-        values = {"WriterBatchSize": batch_size, "WriterBatchingWindowSeconds": window}
+        values = template.parameters | {"WriterBatchSize": batch_size, "WriterBatchingWindowSeconds": window}
         try:
             Template({}, values, {}, {}, rules=template.rules).check_rules()
         except TemplateError:

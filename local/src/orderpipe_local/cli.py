@@ -1,4 +1,4 @@
-"""The `orderpipe` command: `local`, `invoke`, `requeue`, `faults`, `openapi`."""
+"""The `orderpipe` command: `local`, `invoke`, `requeue`, `faults`, `token`, `openapi`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from orderpipe_local.config import (
+    DEFAULT_AUTH_PORT,
     DEFAULT_BACKGROUND_NICE,
+    DEFAULT_TOKEN_LIFETIME_SECONDS,
     DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS,
     DEFAULT_WORKERS,
 )
@@ -164,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the seed the faults and duplicate deliveries are drawn with (default: a random one, "
         "printed at start)",
     )
+    local.add_argument(
+        "--auth",
+        action="store_true",
+        help="turn on the API's JWT authorizer with this pipeline as the issuer (its own key and "
+        "JWKS); `orderpipe token` prints tokens for it",
+    )
+    local.add_argument(
+        "--auth-port",
+        type=int,
+        default=DEFAULT_AUTH_PORT,
+        help=f"with --auth, the issuer's port on the API's host (default {DEFAULT_AUTH_PORT}; 0 picks one)",
+    )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
         "--drain-timeout",
@@ -211,6 +225,34 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("specs", metavar="SPEC", nargs="*", type=_fault(None), help="faults to add")
     faults.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
 
+    token = commands.add_parser(
+        "token",
+        help="print an access token for the running `orderpipe local --auth`",
+        description="Print on stdout an access token signed by the running `orderpipe local --auth` "
+        "(its issuer and audience), as an OAuth server would issue it: "
+        'curl -H "Authorization: Bearer $(orderpipe token --sub ada --scope orders/write)" ...',
+    )
+    token.add_argument("--sub", required=True, help="the token's subject: the customer it stands for")
+    token.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="a scope it grants (repeat for more): orders/write, orders/read-all",
+    )
+    token.add_argument(
+        "--expires-in",
+        type=int,
+        default=DEFAULT_TOKEN_LIFETIME_SECONDS,
+        metavar="SECONDS",
+        help=f"lifetime (default {DEFAULT_TOKEN_LIFETIME_SECONDS}; negative: already expired)",
+    )
+    token.add_argument(
+        "--audience", help="the audience it names (default the pipeline's: any other is refused)"
+    )
+    token.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+
     commands.add_parser("openapi", help="print the OpenAPI description of the HTTP API")
     return parser
 
@@ -244,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return _requeue(args)
         case "faults":
             return _faults(args)
+        case "token":
+            return _token(args)
         case _:
             from orderpipe.ingest import openapi_json
 
@@ -276,6 +320,8 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         faults=getattr(args, "faults", None) or [],
         duplicate_deliveries=getattr(args, "duplicate_deliveries", 0.0),
         fault_seed=getattr(args, "fault_seed", None),
+        auth=getattr(args, "auth", False),
+        auth_port=getattr(args, "auth_port", DEFAULT_AUTH_PORT),
     )
 
 
@@ -419,6 +465,40 @@ def _faults(args: argparse.Namespace) -> int:
     if cleared:
         print("cleared: " + ", ".join(f"{spec} ({count} injected)" for spec, count in cleared.items()))
     print(f"seed {current['seed']}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from orderpipe_local.issuer import issue_token, read_key
+    from orderpipe_local.state import PipelineState
+
+    config = _config(args)
+    state = PipelineState.read(config.state_file) if config.state_file else None
+    if state is None:
+        print("orderpipe token: no orderpipe local is running here: start it with --auth", file=sys.stderr)
+        return 1
+    if state.auth is None:
+        print(
+            f"orderpipe token: the orderpipe local running here (pid {state.pid}) has no issuer:"
+            " restart it with --auth",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        key = read_key(Path(state.auth["key_file"]))
+    except (OSError, ValueError) as error:
+        print(f"orderpipe token: cannot read the issuer's key: {error}", file=sys.stderr)
+        return 1
+    print(
+        issue_token(
+            key,
+            issuer=state.auth["issuer"],
+            audience=args.audience or state.auth["audience"],
+            subject=args.sub,
+            scopes=args.scopes,
+            expires_in=args.expires_in,
+        )
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO, runtime_checkable
 
@@ -38,6 +39,7 @@ from orderpipe_local.environment import (
     function_environment,
     shared_environment,
 )
+from orderpipe_local.issuer import LocalIssuer
 from orderpipe_local.leftovers import Leftovers, collect, from_journal, left_over_files
 from orderpipe_local.moto.endpoint import AwsEndpoint, EndpointError
 from orderpipe_local.runtime.functions import (
@@ -97,6 +99,7 @@ class LocalPipeline:
         self._saved_showwarning: Callable[..., None] | None = None
         self._function_log: IO[str] | None = None
         self._started = False
+        self.issuer: LocalIssuer | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -126,6 +129,13 @@ class LocalPipeline:
         self.endpoint.launch()
         if config.workers >= 1:
             start_forkserver()  # its imports, in a process of its own, overlap what follows
+        if config.auth:
+            assert config.auth_key_file is not None
+            self.issuer = LocalIssuer(config.auth_key_file, config.api_host, config.auth_port)
+            self.issuer.start()
+            # The template's own authorizer, with this issuer: the local API plays what it declares.
+            auth = {"AuthIssuer": self.issuer.url, "AuthAudience": self.issuer.audience}
+            config = replace(config, parameter_overrides=config.parameter_overrides | auth)
         template = load_local_template(config)
         env_file = EnvVarsFile.read(config.env_file) if config.env_file else None
         http_api = http_api_from_template(template)
@@ -167,7 +177,11 @@ class LocalPipeline:
 
         self.api.start(functions)
         if config.state_file is not None:
-            PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir).write(
+            issuer: dict[str, str] | None = None
+            if self.issuer is not None:
+                key_file = str(self.issuer.key_file)
+                issuer = {"issuer": self.issuer.url, "audience": self.issuer.audience, "key_file": key_file}
+            PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir, issuer).write(
                 config.state_file
             )
         self._announce(http_api)
@@ -305,7 +319,20 @@ class LocalPipeline:
         )
         line(f"  API           {self.api.url}")
         for route in http_api.routes:
-            line(f"                  {route.route_key:<28} -> {route.function_id}")
+            needs = ""
+            if route.authorizer is not None:
+                scopes = " or ".join(route.authorization_scopes)
+                needs = f"  (token with {scopes})" if scopes else "  (token)"
+            line(f"                  {route.route_key:<28} -> {route.function_id}{needs}")
+        if self.issuer is not None:
+            line(
+                f"  auth          issuer {self.issuer.url} (JWKS {self.issuer.url}/.well-known/jwks.json),"
+                f" audience {self.issuer.audience}"
+            )
+            line("                  TOKEN=$(orderpipe token --sub ada --scope orders/write)")
+            line(f'                  curl -H "Authorization: Bearer $TOKEN" {self.api.url}/orders ...')
+        if http_api.cors is not None:
+            line(f"  CORS          origins {', '.join(http_api.cors.allow_origins)}")
         region = stack.template.region
         line(f"  AWS endpoint  {endpoint_url}  (region {region}; any credentials will do, e.g.)")
         first_table = stack.ref(next(iter(tables))) if tables else "TABLE"
@@ -520,6 +547,9 @@ class LocalPipeline:
             self.console.end_status()
         if self.config.state_file is not None:
             remove_state(self.config.state_file)
+        if self.issuer is not None:
+            self.issuer.close()
+            self.issuer = None
         if self.endpoint is not None:
             self.endpoint.stop()
         if self._saved_stdout is not None:
