@@ -9,7 +9,7 @@ SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(SAM_PYENV),PYENV_VERSION=$(shell python3 -
 
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: dev lock run test lint typecheck validate check-template build pytest unit integration e2e bench bench-compare format clean
+.PHONY: dev lock run test lint typecheck validate check-template build pytest unit integration e2e bench bench-compare chaos format clean
 
 # The virtual environment is made anew from the lock whenever the lock or a pyproject changes, so
 # it holds exactly what requirements/dev.lock pins (hash-checked), plus this repo's two packages.
@@ -90,6 +90,12 @@ e2e: dev
 
 bench: dev
 	$(PY) bench/load.py
+
+# The chaos run (not part of make test): 5,000 orders at 100/s through `orderpipe local` with DynamoDB
+# throttles, SNS failures and stalls, duplicate deliveries, poison messages and a writer killed;
+# it prints what became of each order and exits 1 unless each was stored and mailed exactly once.
+chaos: dev
+	$(PY) -m orderpipe_local.chaos --orders $(or $(ORDERS),5000) --rate $(or $(RATE),100) --seed $(or $(SEED),1)
 
 # The load benchmark on BASE and on this checkout, one after the other: make bench-compare BASE=main~1
 bench-compare: dev

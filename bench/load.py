@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
+from orderpipe_local.testing import order_bodies
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
@@ -71,64 +73,6 @@ TARGET_MAILED_P99 = 2.0
 
 
 # --- orders ----------------------------------------------------------------------------------
-
-_NAMES = (
-    "Ada Lovelace",
-    "Grace Hopper",
-    "Alan Turing",
-    "Émilie du Châtelet",
-    "Søren Kierkegaard",
-    "Zoë O'Brien",
-    "José Núñez",
-    "李小龍",
-    "Mary-Jane Watson",
-    "Nikola Tesla",
-    "Hedy Lamarr",
-    "Ryōko Hirosue",
-)
-_CATALOG = (
-    ("MOP-001", "Microfiber mop", "12.50"),
-    ("BKT-010", "Bucket, 10 l", "7.99"),
-    ("SPR-250", "All-purpose spray 250 ml", "3.49"),
-    ("GLV-M", "Rubber gloves, size M", "2.10"),
-    ("SPG-6PK", "Sponges (6-pack)", "4.00"),
-    ("VAC.X2", "Cordless vacuum X2", "189.00"),
-    ("BRS_TLT", "Toilet brush", "5.25"),
-    ("CLTH-12", "Cleaning cloths, 12", "9.90"),
-    ("DTG-1L", "Laundry detergent 1 l", "6.75"),
-    ("FLR-WAX", "Floor wax", "14.30"),
-)
-_CITIES = (("Springfield", "US"), ("Lyon", "FR"), ("Kraków", "PL"), ("Osaka", "JP"), ("Leeds", "GB"))
-_NOTES = ("Leave at the back door", "Ring twice, please.", "Gift — no invoice in the box", "Fragile!\nThanks")
-
-
-def order_bodies(count: int, seed: int) -> list[bytes]:
-    """`count` valid orders, varied in customer, items, currency, address and note."""
-    rng = random.Random(seed)
-    bodies = []
-    for index in range(count):
-        name = rng.choice(_NAMES)
-        order: dict[str, Any] = {
-            "customer": {"name": name, "email": f"customer{index}@example.com"},
-            "items": [
-                {"sku": sku, "name": item_name, "quantity": rng.randint(1, 5), "unitPrice": price}
-                for sku, item_name, price in rng.sample(_CATALOG, rng.randint(1, 5))
-            ],
-            "currency": rng.choice(("USD", "USD", "EUR", "GBP")),
-        }
-        if rng.random() < 0.6:
-            city, country = rng.choice(_CITIES)
-            order["shippingAddress"] = {
-                "line1": f"{rng.randint(1, 999)} Main St",
-                "city": city,
-                "postalCode": f"{rng.randint(10000, 99999)}",
-                "country": country,
-            }
-        if rng.random() < 0.25:
-            order["note"] = rng.choice(_NOTES)
-        bodies.append(json.dumps(order, ensure_ascii=False).encode())
-    return bodies
-
 
 # --- the load generator (a second process) -----------------------------------------------
 

@@ -7,8 +7,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from orderpipe.notifier import notify_support
+from orderpipe.notifier import check_notifier_settings, notify_support
 from orderpipe.observability import logger, metrics, tracer
+
+check_notifier_settings()
 
 
 @logger.inject_lambda_context

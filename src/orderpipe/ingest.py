@@ -35,6 +35,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from pydantic import BaseModel, ConfigDict
 
+from orderpipe.access import PLACE_ORDERS_SCOPE, READ_ALL_ORDERS_SCOPE, AccessDenied, caller_of
 from orderpipe.aws import clients
 from orderpipe.aws.orders_queue import QueueUnavailable
 from orderpipe.aws.orders_table import StorageError
@@ -115,6 +116,12 @@ class InvalidOrder(OrderRejected):
 
 class OrderNotFound(OrderRejected):
     pass
+
+
+# The one answer for an unknown id and for an order the caller may not read: ids reveal nothing.
+ORDER_NOT_FOUND_MESSAGE = "no order has this id"
+# API Gateway's own body for a token without the route's scope.
+FORBIDDEN_MESSAGE = "Forbidden"
 
 
 # --- The request body ------------------------------------------------------------------------
@@ -202,7 +209,8 @@ KEYED_ORDER_NAMESPACE = uuid.UUID("5b0e6f3c-8d1a-4e2b-9c47-0a3f5d6e7b81")
 
 
 class KeyedOrderRequest(BaseModel):
-    """What the idempotency record is about: the key and the order in canonical form.
+    """What the idempotency record is about: the key and the order in canonical form, and the
+    customer who sent them when the API has an authorizer.
 
     Hashing the validated order (not the raw body) makes the same order sent with other
     whitespace, key order or number spelling count as the same request.
@@ -212,6 +220,7 @@ class KeyedOrderRequest(BaseModel):
 
     idempotency_key: str
     order: OrderRequest
+    customer_id: str | None = None
 
     def order_id(self) -> str:
         """The same for every attempt of this request, so a retry whose first attempt reached SQS
@@ -222,7 +231,10 @@ class KeyedOrderRequest(BaseModel):
         a copy of the first one.
         """
         canonical = json.dumps(self.order.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return str(uuid.uuid5(KEYED_ORDER_NAMESPACE, f"{self.idempotency_key}\n{canonical}"))
+        name = f"{self.idempotency_key}\n{canonical}"
+        if self.customer_id is not None:  # without one, the ids keyed orders had before auth
+            name = f"{self.customer_id}\n{name}"
+        return str(uuid.uuid5(KEYED_ORDER_NAMESPACE, name))
 
 
 def _count_replay(response: Any, idempotent_data: DataRecord) -> Any:
@@ -234,7 +246,9 @@ def _count_replay(response: Any, idempotent_data: DataRecord) -> Any:
 
 
 _idempotency_config = IdempotencyConfig(
-    event_key_jmespath="idempotency_key",
+    # One customer's key is not another's: the record is keyed on the pair when there is a
+    # customer, and on the key alone (as before auth) when there is none.
+    event_key_jmespath="customer_id && [customer_id, idempotency_key] || idempotency_key",
     payload_validation_jmespath="order",
     raise_on_no_idempotency_key=True,
     expires_after_seconds=IDEMPOTENCY_WINDOW_SECONDS,
@@ -243,10 +257,12 @@ _idempotency_config = IdempotencyConfig(
 
 
 @tracer.capture_method
-def accept_order(request: OrderRequest, order_id: str | None = None) -> OrderAccepted:
+def accept_order(
+    request: OrderRequest, order_id: str | None = None, customer_id: str | None = None
+) -> OrderAccepted:
     """Give the order its id (a new one unless given) and put it on OrdersQueue; it is accepted
     once SQS has it."""
-    order = Order.accept(request, order_id=order_id)
+    order = Order.accept(request, order_id=order_id, customer_id=customer_id)
     logger.set_correlation_id(order.order_id)
     clients.orders_queue().enqueue(order)
     logger.info("order accepted", extra={"order_id": order.order_id, "items": len(order.items)})
@@ -255,11 +271,13 @@ def accept_order(request: OrderRequest, order_id: str | None = None) -> OrderAcc
 
 
 def _accept_keyed_order(keyed: KeyedOrderRequest) -> OrderAccepted:
-    return accept_order(keyed.order, order_id=keyed.order_id())
+    return accept_order(keyed.order, order_id=keyed.order_id(), customer_id=keyed.customer_id)
 
 
 @tracer.capture_method
-def accept_order_once(request: OrderRequest, idempotency_key: str) -> OrderAccepted:
+def accept_order_once(
+    request: OrderRequest, idempotency_key: str, customer_id: str | None = None
+) -> OrderAccepted:
     """`accept_order`, or the first answer again if this key was used with this order before."""
     # Decorated per call: the persistence layer (and its DynamoDB client) is built on first use.
     accept = idempotent_function(
@@ -269,7 +287,8 @@ def accept_order_once(request: OrderRequest, idempotency_key: str) -> OrderAccep
         config=_idempotency_config,
         output_serializer=PydanticSerializer(OrderAccepted),
     )
-    accepted: OrderAccepted = accept(keyed=KeyedOrderRequest(idempotency_key=idempotency_key, order=request))
+    keyed = KeyedOrderRequest(idempotency_key=idempotency_key, order=request, customer_id=customer_id)
+    accepted: OrderAccepted = accept(keyed=keyed)
     return accepted
 
 
@@ -281,7 +300,17 @@ def read_order(order_id: str) -> Order:
         logger.set_correlation_id(order_id)
         order = clients.orders_table().get_order(order_id)
     if order is None:
-        raise OrderNotFound("no order has this id")
+        raise OrderNotFound(ORDER_NOT_FOUND_MESSAGE)
+    return order
+
+
+def read_order_for(event: Mapping[str, Any], order_id: str) -> Order:
+    """`read_order`, answered as not found to a caller who may not read it."""
+    caller = caller_of(event)
+    order = read_order(order_id)
+    if caller is not None and not caller.may_read(order):
+        logger.info("order not shown: the caller neither placed it nor may read all orders")
+        raise OrderNotFound(ORDER_NOT_FOUND_MESSAGE)
     return order
 
 
@@ -290,6 +319,10 @@ def read_order(order_id: str) -> Order:
 
 def _error(description: str) -> OpenAPIResponse:
     return {"description": description, "content": {JSON_MEDIA_TYPE: {"model": ErrorResponse}}}
+
+
+# API Gateway's own answer, with a JWT authorizer (the AuthIssuer and AuthAudience parameters).
+_NO_TOKEN = "With an authorizer: no token, or one that is not valid (signature, issuer, audience, expiry)"
 
 
 def _retry_after(description: str) -> OpenAPIResponse:
@@ -313,6 +346,10 @@ def _retry_after(description: str) -> OpenAPIResponse:
             "content": {JSON_MEDIA_TYPE: {"model": OrderAccepted}},
         },
         HTTPStatus.BAD_REQUEST: _error("The body is not JSON, or the Idempotency-Key header is invalid"),
+        HTTPStatus.UNAUTHORIZED: _error(_NO_TOKEN),
+        HTTPStatus.FORBIDDEN: _error(
+            f"With an authorizer: the token does not have the scope {PLACE_ORDERS_SCOPE} (or has no sub)"
+        ),
         HTTPStatus.CONFLICT: _retry_after("A request with this Idempotency-Key is still in progress"),
         HTTPStatus.REQUEST_ENTITY_TOO_LARGE: _error(f"The body is over {MAX_BODY_BYTES} bytes"),
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE: _error(f"The Content-Type is not {JSON_MEDIA_TYPE}"),
@@ -336,15 +373,19 @@ def place_order(
         ),
     ] = None,
 ) -> Response[OrderAccepted]:
+    caller = caller_of(app.current_event.raw_event)
+    if caller is not None and not caller.may_place_orders():
+        raise AccessDenied(FORBIDDEN_MESSAGE)
+    customer_id = caller.subject if caller is not None else None
     check_order_body(app.current_event)
     if blank := order.blank_text_fields():
         errors = [ErrorDetail(field=field, message="must contain a visible character") for field in blank]
         raise InvalidOrder(INVALID_ORDER_MESSAGE, errors=errors)
     if idempotency_key is None:
-        accepted = accept_order(order)
+        accepted = accept_order(order, customer_id=customer_id)
     else:
         _idempotency_config.register_lambda_context(app.lambda_context)
-        accepted = accept_order_once(order, idempotency_key)
+        accepted = accept_order_once(order, idempotency_key, customer_id=customer_id)
     return Response(
         status_code=HTTPStatus.ACCEPTED,
         content_type=content_types.APPLICATION_JSON,
@@ -362,14 +403,18 @@ def place_order(
     cache_control="no-store",
     responses={
         HTTPStatus.OK: {"description": "The stored order", "content": {JSON_MEDIA_TYPE: {"model": Order}}},
-        HTTPStatus.NOT_FOUND: _error("No order has this id (yet: an accepted order is stored shortly after)"),
+        HTTPStatus.UNAUTHORIZED: _error(_NO_TOKEN),
+        HTTPStatus.NOT_FOUND: _error(
+            "No order has this id (yet: an accepted order is stored shortly after), or, with an "
+            f"authorizer, the token neither placed it nor has the scope {READ_ALL_ORDERS_SCOPE}"
+        ),
         HTTPStatus.SERVICE_UNAVAILABLE: _retry_after("The order could not be read; retry later"),
     },
 )
 def get_order(
     order_id: Annotated[str, Path(alias="orderId", description="The id POST /orders answered")],
 ) -> Order:
-    return read_order(order_id)
+    return read_order_for(app.current_event.raw_event, order_id)
 
 
 # --- Errors to HTTP, in one place ------------------------------------------------------------
@@ -378,6 +423,7 @@ _HTTP_STATUS: dict[type[Exception], HTTPStatus] = {
     BodyNotJson: HTTPStatus.BAD_REQUEST,
     InvalidIdempotencyKey: HTTPStatus.BAD_REQUEST,
     OrderNotFound: HTTPStatus.NOT_FOUND,
+    AccessDenied: HTTPStatus.FORBIDDEN,
     NotFoundError: HTTPStatus.NOT_FOUND,
     IdempotencyAlreadyInProgressError: HTTPStatus.CONFLICT,
     BodyTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -391,6 +437,7 @@ _HTTP_STATUS: dict[type[Exception], HTTPStatus] = {
 }
 
 _MESSAGES: dict[type[Exception], str] = {
+    AccessDenied: FORBIDDEN_MESSAGE,
     NotFoundError: "not found",
     IdempotencyAlreadyInProgressError: "a request with this Idempotency-Key is in progress; retry shortly",
     IdempotencyValidationError: "this Idempotency-Key was already used with a different order",

@@ -312,6 +312,8 @@ class Order(OrderRequest):
 
     order_id: str
     created_at: Timestamp
+    # The token's `sub` of whoever placed it, when the API has an authorizer (`orderpipe.access`).
+    customer_id: str | None = None
     status: OrderStatus = OrderStatus.PLACED
     stored_at: Timestamp | None = None
     notified_at: Timestamp | None = None
@@ -324,12 +326,18 @@ class Order(OrderRequest):
 
     @classmethod
     def accept(
-        cls, request: OrderRequest, *, now: datetime | None = None, order_id: str | None = None
+        cls,
+        request: OrderRequest,
+        *,
+        now: datetime | None = None,
+        order_id: str | None = None,
+        customer_id: str | None = None,
     ) -> Self:
         return cls(
             **dict(request),
             order_id=order_id or new_order_id(),
             created_at=now or datetime.now(UTC),
+            customer_id=customer_id,
         )
 
     def to_message(self) -> str:

@@ -8,16 +8,19 @@ our own PLACED -> NOTIFIED update comes back as a MODIFY.
 Per batch: skip the orders already NOTIFIED (a retried batch), publish one email (or the parts
 SNS's size limit forces) for the rest, and mark each email's orders NOTIFIED as soon as it is
 out, so that whatever happens next, a retry leaves them out.
-- SNS refuses the email or cannot be reached: nothing of that email is marked and the
-  invocation fails, so Lambda retries the records (bisecting); the parts already sent stay out.
+- SNS refuses the email or cannot be reached: nothing of that email is marked.
 - SNS does not answer (read timeout, dropped connection): the email most likely went out, and
   a standard topic cannot drop a second copy. It is counted as sent: its orders are marked,
-  logged and counted (SupportEmailsUnconfirmed, alarmed) for someone to check the mailbox; the
-  invocation then fails so the rest of the batch is retried later.
-- Not enough time left for the next email and its marking: the invocation fails before
-  publishing it, rather than Lambda ending it between a publish and its marking.
+  logged and counted (SupportEmailsUnconfirmed, alarmed) for someone to check the mailbox.
+- Not enough time left for the next email and its marking: it is not published, rather than
+  Lambda ending the invocation between a publish and its marking.
 - Marking fails after the email went out: the order is logged and counted
   (NotifiedOrdersNotMarked) but its record still succeeds, as retrying it would mail it twice.
+When an email is not sent, what happens to the batch depends on whether one already left:
+- none did: the invocation fails, and Lambda retries the records (bisecting);
+- one did: the records from the first order not announced on are answered as failed (the
+  stream's checkpoint), and the ones before succeed. A failed invocation would have Lambda
+  retry them all, mailing again the orders whose marking failed.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
 from orderpipe.settings import settings
-from orderpipe.support_email import render_support_emails
+from orderpipe.support_email import SupportEmailDetail, render_support_emails
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -110,6 +113,14 @@ class StreamBatchProcessor(FailureLoggingProcessor):
         return getattr(change, "SequenceNumber", None) or getattr(change, "sequence_number", None)
 
 
+def check_notifier_settings() -> SupportEmailDetail:
+    """Called at cold start, so that a bad setting (SUPPORT_EMAIL_DETAIL) fails the function's
+    init, before any record is taken, rather than every batch; raises InvalidSetting."""
+    detail = settings().support_email_detail
+    logger.info("Notifier ready", extra={"support_email_detail": str(detail)})
+    return detail
+
+
 def new_order_of(record: OrderStreamRecord) -> Order | None:
     """The order an INSERT announces; None for any other change."""
     if record.eventName != "INSERT":
@@ -123,15 +134,25 @@ def new_order_of(record: OrderStreamRecord) -> Order | None:
     return order
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """What became of a batch's new orders: the ids mailed (or counted as mailed), and the ids
+    of the emails not sent, in batch order, which the stream must bring back."""
+
+    announced: list[str]
+    not_announced: list[str]
+
+
 @tracer.capture_method(capture_response=False)
-def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = None) -> list[str]:
+def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = None) -> Announcement:
     """Email support about the orders not yet NOTIFIED, marking each email's orders as soon as it
-    is out; returns the ids announced."""
+    is out. An email not sent raises if none left before it (TopicUnavailable or the storage
+    error), and otherwise ends the announcement: its orders and the rest are `not_announced`."""
     logger.set_correlation_id(None)  # batch-level logs; per-order ones set the order id
     deadline = deadline or Deadline(math.inf)
     unique = list({order.order_id: order for order in orders if order.status == OrderStatus.PLACED}.values())
     if not unique:
-        return []
+        return Announcement([], [])
     table = clients.orders_table()
     # A StorageError here propagates: without knowing what was sent, send nothing.
     already_notified = table.notified_order_ids(order.order_id for order in unique)
@@ -142,14 +163,13 @@ def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = Non
 
     announced: list[str] = []
     topic = clients.orders_topic()
-    for email in render_support_emails(to_announce):
+    emails = render_support_emails(to_announce, detail=settings().support_email_detail)
+    for position, email in enumerate(emails):
         log_fields = {"subject": email.subject, "order_ids": list(email.order_ids)}
-        if not deadline.allows(_time_to_send(email)):
-            logger.warning(
-                "Not enough time left to send the next support email; Lambda retries it", extra=log_fields
-            )
-            raise NotEnoughTime(f"not enough time left to publish {email.subject!r} and mark its orders")
         try:
+            if not deadline.allows(_time_to_send(email)):
+                logger.warning("Not enough time left to send the next support email", extra=log_fields)
+                raise NotEnoughTime(f"not enough time left to publish {email.subject!r} and mark its orders")
             message_id = topic.publish(email)
         except PublishOutcomeUnknown:
             # Most likely sent: count it as sent, so that no retry mails these orders again.
@@ -159,17 +179,25 @@ def announce_new_orders(orders: Sequence[Order], deadline: Deadline | None = Non
             )
             metrics.add_metric(name="SupportEmailsUnconfirmed", unit=MetricUnit.Count, value=1)
             _mark_notified(email.order_ids, deadline)
-            raise
+            announced.extend(email.order_ids)
+            return _stopped_after(announced, emails[position + 1 :])
         except Exception:
-            logger.exception(
-                "Support email not sent; the batch fails so that Lambda retries it", extra=log_fields
-            )
-            raise
+            logger.exception("Support email not sent; its records are retried", extra=log_fields)
+            if not announced:
+                raise
+            return _stopped_after(announced, emails[position:])
         metrics.add_metric(name="SupportEmailsSent", unit=MetricUnit.Count, value=1)
         logger.info("Support email sent", extra={"sns_message_id": message_id, **log_fields})
         _mark_notified(email.order_ids, deadline)
         announced.extend(email.order_ids)
-    return announced
+    return Announcement(announced, [])
+
+
+def _stopped_after(announced: list[str], not_sent: Sequence[SupportEmail]) -> Announcement:
+    not_announced = [order_id for email in not_sent for order_id in email.order_ids]
+    if not_announced:
+        metrics.add_metric(name="OrdersNotAnnounced", unit=MetricUnit.Count, value=len(not_announced))
+    return Announcement(announced, not_announced)
 
 
 def _time_to_send(email: SupportEmail) -> float:
@@ -200,6 +228,17 @@ def _mark_notified(order_ids: Sequence[str], deadline: Deadline) -> None:
     logger.info("Orders announced and marked NOTIFIED", extra={"order_ids": result.marked})
 
 
+def _checkpoint(outcomes: Sequence[tuple[Any, Any, Any]], announcement: Announcement) -> str:
+    """The sequence number of the first record whose order was not announced (outcomes hold the
+    records as Lambda sent them): Lambda retries the shard from there."""
+    not_announced = set(announcement.not_announced)
+    return next(
+        str(record["dynamodb"]["SequenceNumber"])
+        for status, order, record in outcomes
+        if status == "success" and order is not None and order.order_id in not_announced
+    )
+
+
 def notify_support(event: dict[str, Any], context: LambdaContext | None = None) -> PartialItemFailureResponse:
     """Process one stream batch; the answer names the records Lambda should retry."""
     processor = StreamBatchProcessor(  # one per batch: it holds the batch's outcomes
@@ -210,7 +249,10 @@ def notify_support(event: dict[str, Any], context: LambdaContext | None = None) 
         with processor(records=event.get("Records", []), handler=new_order_of, lambda_context=context):
             outcomes = processor.process()
         new_orders = [result for status, result, _ in outcomes if status == "success" and result is not None]
-        announce_new_orders(new_orders, deadline)
-        return processor.response()
+        announcement = announce_new_orders(new_orders, deadline)
+        response = processor.response()
+        if announcement.not_announced:
+            response["batchItemFailures"].append({"itemIdentifier": _checkpoint(outcomes, announcement)})
+        return response
     finally:
         logger.set_correlation_id(None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from functools import cache
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orderpipe.support_email import SupportEmailDetail
 
 # botocore's standard retry mode waits rand(0, 1) * min(2 ** (attempt - 1), 20) seconds before
 # each retry (botocore.retries.standard.ExponentialBackoff).
@@ -14,6 +16,10 @@ _MAX_BACKOFF_SECONDS = 20
 
 class MissingSetting(RuntimeError):
     """A function was deployed without an environment variable it needs."""
+
+
+class InvalidSetting(RuntimeError):
+    """A function was deployed with an environment variable it cannot use."""
 
 
 class Settings(BaseModel):
@@ -33,6 +39,8 @@ class Settings(BaseModel):
     AWS_MAX_ATTEMPTS: int = Field(default=2, ge=1, le=10)  # the first attempt and the retries
     # SNS Publish is never retried by the client: a retry after a lost answer is a second email.
     SNS_READ_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    # The notifier's; unset, the safe level: a function deployed without it mails no customer data.
+    SUPPORT_EMAIL_DETAIL: SupportEmailDetail = SupportEmailDetail.MASKED
 
     def require(self, name: str) -> str:
         value: str = getattr(self, name)
@@ -55,6 +63,10 @@ class Settings(BaseModel):
     @property
     def orders_topic_arn(self) -> str:
         return self.require("ORDERS_TOPIC_ARN")
+
+    @property
+    def support_email_detail(self) -> SupportEmailDetail:
+        return self.SUPPORT_EMAIL_DETAIL
 
     @property
     def aws_call_budget_seconds(self) -> float:
@@ -81,4 +93,12 @@ def aws_call_budget(connect_timeout: float, read_timeout: float, max_attempts: i
 
 @cache
 def settings() -> Settings:
-    return Settings.model_validate(dict(os.environ))
+    """Raises InvalidSetting naming each variable that is wrong, its value and what it may be."""
+    try:
+        return Settings.model_validate(dict(os.environ))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, problem['loc']))}={problem['input']!r}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise InvalidSetting(f"invalid environment variable(s): {problems}") from error

@@ -8,6 +8,7 @@ from server-side values only (order id or order count, totals with currency code
 
 from __future__ import annotations
 
+import itertools
 import re
 import textwrap
 import unicodedata
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 
 from orderpipe.models import Order, format_money, is_order_id
 
@@ -32,7 +34,15 @@ _LABEL_WIDTH = 15
 # controls (CR, LF, TAB, ESC, NEL...), line and paragraph separators, lone surrogates.
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _MAX_STACKED_MARKS = 4  # combining marks in a row; more ("zalgo") spill over neighbouring lines
+MASKED_NOTICE = "Customer details are masked: initials, email, city and country only."
 _TRUNCATED = "\n[... truncated to fit one email; the full order is in OrdersTable]\n"
+
+
+class SupportEmailDetail(StrEnum):
+    """What the support email shows of the customer (the template's `SupportEmailDetail`)."""
+
+    FULL = "full"
+    MASKED = "masked"
 
 
 @dataclass(frozen=True)
@@ -44,13 +54,13 @@ class SupportEmail:
     order_ids: tuple[str, ...] = ()
 
 
-def render_support_emails(orders: Sequence[Order]) -> list[SupportEmail]:
+def render_support_emails(orders: Sequence[Order], *, detail: SupportEmailDetail) -> list[SupportEmail]:
     """One email for the whole batch, split into parts only where SNS's size limit forces it."""
     if not orders:
         return []
     if len(orders) == 1:
-        return [_single_order_email(orders[0])]
-    return _digest_emails(orders)
+        return [_single_order_email(orders[0], detail)]
+    return _digest_emails(orders, detail)
 
 
 # --- customer text ---------------------------------------------------------------------------
@@ -117,6 +127,43 @@ def _note(note: str, indent: str = "  ") -> list[str]:
     return lines
 
 
+# --- masking ---------------------------------------------------------------------------------
+
+_HYPHENS = re.compile("[-\u2010\u2011]")
+_MASK = "***"
+_SHORTEST_LOCAL_PART_SHOWN = 3  # a shorter local part would be given away by its first character
+
+
+def initials(name: str) -> str:
+    """`Ada Lovelace` -> `A. L.`, `Jean-Luc Picard` -> `J.-L. P.`: the first visible character of
+    each part of the name (with its combining marks), as written; `?` if no part has one."""
+    words = []
+    for word in name.split():
+        shown = "-".join(f"{initial}." for part in _HYPHENS.split(word) if (initial := _first_visible(part)))
+        if shown:
+            words.append(shown)
+    return " ".join(words) or "?"
+
+
+def _first_visible(text: str) -> str:
+    """The first letter, digit or symbol of `text`, with the combining marks that follow it."""
+    for position, character in enumerate(text):
+        if unicodedata.category(character)[0] in "LNS":
+            following = text[position + 1 : position + 1 + _MAX_STACKED_MARKS]
+            marks = itertools.takewhile(lambda mark: unicodedata.category(mark) in ("Mn", "Me"), following)
+            return character + "".join(marks)
+    return ""
+
+
+def masked_email(address: str) -> str:
+    """`ada@example.com` -> `a***@example.com`; a local part under 3 characters shows none."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return _MASK
+    shown = _first_visible(local) if len(local) >= _SHORTEST_LOCAL_PART_SHOWN else ""
+    return f"{shown}{_MASK}@{domain}"
+
+
 # --- server-side values ----------------------------------------------------------------------
 
 
@@ -173,13 +220,15 @@ def _digest_subject(orders: Sequence[Order], part: int, parts: int) -> str:
 # --- bodies ----------------------------------------------------------------------------------
 
 
-def _order_lines(order: Order, indent: str = "  ") -> list[str]:
+def _order_lines(order: Order, detail: SupportEmailDetail, indent: str = "  ") -> list[str]:
     label = f"{indent}{{:<{_LABEL_WIDTH}}}"
+    masked = detail == SupportEmailDetail.MASKED
+    name, email = order.customer.name, str(order.customer.email)
     lines = [
         label.format("Order id:") + _safe_order_id(order.order_id),
         label.format("Placed:") + _utc(order.created_at),
-        *_field("Customer", order.customer.name, indent=indent),
-        *_field("Email", str(order.customer.email), indent=indent),
+        *_field("Customer", initials(name) if masked else name, indent=indent),
+        *_field("Email", masked_email(email) if masked else email, indent=indent),
         f"{indent}Items ({len(order.items)}):",
     ]
     for number, item in enumerate(order.items, start=1):
@@ -190,6 +239,10 @@ def _order_lines(order: Order, indent: str = "  ") -> list[str]:
             f"  = {_money(item.line_total, order.currency)}"
         )
     lines.append(label.format("Total:") + _money(order.total, order.currency))
+    if masked:
+        if address := order.shipping_address:
+            lines += _field("Ship to", f"{address.city}, {address.country}", indent=indent)
+        return lines
     if address := order.shipping_address:
         place = f"{address.postal_code} {address.city}"
         lines += _field(
@@ -213,33 +266,42 @@ def _fit(text: str, budget: int) -> str:
     return encoded[:room].decode("utf-8", errors="ignore") + _TRUNCATED
 
 
-def _single_order_email(order: Order) -> SupportEmail:
+def _preamble(detail: SupportEmailDetail) -> list[str]:
+    lines = ["Customer text appears as sent; invisible or control characters are shown as <U+XXXX>."]
+    if detail == SupportEmailDetail.MASKED:
+        lines.append(MASKED_NOTICE)
+    return lines
+
+
+def _single_order_email(order: Order, detail: SupportEmailDetail) -> SupportEmail:
     body = _join(
         [
             f"A new order was placed: {_money(order.total, order.currency)}.",
-            "Customer text appears as sent; invisible or control characters are shown as <U+XXXX>.",
+            *_preamble(detail),
             "",
-            *_order_lines(order),
+            *_order_lines(order, detail),
         ]
     )
     return SupportEmail(_single_subject(order), _fit(body, BODY_BUDGET_BYTES), (order.order_id,))
 
 
-def _order_block(order: Order, number: int, count: int) -> str:
-    return _join(["", SEPARATOR, f"Order {number} of {count}", SEPARATOR, *_order_lines(order)])
+def _order_block(order: Order, detail: SupportEmailDetail, number: int, count: int) -> str:
+    return _join(["", SEPARATOR, f"Order {number} of {count}", SEPARATOR, *_order_lines(order, detail)])
 
 
 def _index_line(order: Order, number: int) -> str:
     return f"  {number:>5}. {_safe_order_id(order.order_id)}  {_money(order.total, order.currency)}\n"
 
 
-def _digest_header(orders: Sequence[Order], numbers: range, parts: int, part: int) -> str:
+def _digest_header(
+    orders: Sequence[Order], detail: SupportEmailDetail, numbers: range, parts: int, part: int
+) -> str:
     batch_totals = totals_by_currency(orders)
     first, last = min(order.created_at for order in orders), max(order.created_at for order in orders)
     placed = f"at {_utc(first)}" if first == last else f"from {_utc(first)} to {_utc(last)}"
     lines = [
         f"{_plural(len(orders), 'new order')} in this batch, placed {placed}.",
-        "Customer text appears as sent; invisible or control characters are shown as <U+XXXX>.",
+        *_preamble(detail),
         "",
         "Totals:",
         *(
@@ -256,13 +318,13 @@ def _digest_header(orders: Sequence[Order], numbers: range, parts: int, part: in
     return _join(lines)
 
 
-def _digest_emails(orders: Sequence[Order]) -> list[SupportEmail]:
+def _digest_emails(orders: Sequence[Order], detail: SupportEmailDetail) -> list[SupportEmail]:
     count = len(orders)
     # The header of a part is the batch header plus one line naming the part.
-    header_allowance = len(_digest_header(orders, range(count), 2, 1).encode()) + 64
+    header_allowance = len(_digest_header(orders, detail, range(count), 2, 1).encode()) + 64
     index = [_index_line(order, n) for n, order in enumerate(orders, 1)]
     blocks = [
-        _fit(_order_block(order, n, count), BODY_BUDGET_BYTES - header_allowance - len(index[n - 1]))
+        _fit(_order_block(order, detail, n, count), BODY_BUDGET_BYTES - header_allowance - len(index[n - 1]))
         for n, order in enumerate(orders, 1)
     ]
     sizes = [len(block.encode()) + len(line.encode()) for block, line in zip(blocks, index, strict=True)]
@@ -280,7 +342,7 @@ def _digest_emails(orders: Sequence[Order]) -> list[SupportEmail]:
     for part, span in enumerate(spans, start=1):
         part_orders = orders[span.start : span.stop]
         body = (
-            _digest_header(orders, span, len(spans), part)
+            _digest_header(orders, detail, span, len(spans), part)
             + "".join(index[span.start : span.stop])
             + "".join(blocks[span.start : span.stop])
         )

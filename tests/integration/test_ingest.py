@@ -102,6 +102,9 @@ FIXTURE_STATUS = {
     "ingest-post-order-too-large.json": 413,
     "ingest-get-order.json": 200,
     "ingest-get-order-unknown.json": 404,
+    # Behind the JWT authorizer: tests/integration/test_ingest_access.py
+    "ingest-post-order-with-token.json": 202,
+    "ingest-get-order-of-another-customer.json": 404,
 }
 
 

@@ -18,7 +18,15 @@ from samtranslator.yaml_helper import yaml_parse
 
 from orderpipe.notifier import SAFETY_MARGIN_SECONDS
 from orderpipe.settings import Settings, aws_call_budget
-from orderpipe_local.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError, load_template
+from orderpipe.support_email import SupportEmailDetail
+from orderpipe_local.stack.template import (
+    ACCOUNT_ID,
+    Resolver,
+    Template,
+    TemplateError,
+    load_template,
+    samconfig_parameters,
+)
 from orderpipe_local.testing import ROOT
 
 REGION = "us-east-1"
@@ -124,7 +132,7 @@ def test_notifier_batching_window_is_never_zero(sam_parameters: dict[str, dict[s
 def test_a_writer_batch_above_ten_requires_a_batching_window(template: Template) -> None:
     # Lambda refuses an SQS batch size above 10 with no batching window; a template rule says so first.
     def holds(batch_size: str, window: str) -> bool:
-        values = {"WriterBatchSize": batch_size, "WriterBatchingWindowSeconds": window}
+        values = template.parameters | {"WriterBatchSize": batch_size, "WriterBatchingWindowSeconds": window}
         try:
             Template({}, values, {}, {}, rules=template.rules).check_rules()
         except TemplateError:
@@ -232,6 +240,53 @@ def test_support_email_subscription_exists_only_with_a_support_email() -> None:
     }
     assert with_email.is_created("SupportEmailSubscription")
     assert not without_email.is_created("SupportEmailSubscription")
+
+
+# --- Support email detail ---------------------------------------------------------------------
+
+
+def test_support_email_detail_is_full_or_masked_and_masked_unless_dev_asks_for_full(
+    sam_parameters: dict[str, dict[str, Any]],
+) -> None:
+    declared = sam_parameters["SupportEmailDetail"]
+
+    assert sorted(declared["AllowedValues"]) == sorted(detail.value for detail in SupportEmailDetail)
+    assert declared["Default"] == "masked"  # what a deploy gets that names no value
+    assert samconfig_parameters(ROOT / "samconfig.toml", "default")["SupportEmailDetail"] == "full"
+    assert samconfig_parameters(ROOT / "samconfig.toml", "prod")["SupportEmailDetail"] == "masked"
+
+
+@pytest.mark.parametrize(
+    ("environment", "overrides", "expected"),
+    [
+        ("default", {}, SupportEmailDetail.FULL),
+        ("prod", {}, SupportEmailDetail.MASKED),
+        ("default", {"SupportEmailDetail": "masked"}, SupportEmailDetail.MASKED),
+        ("prod", {"SupportEmailDetail": "full"}, SupportEmailDetail.FULL),
+    ],
+)
+def test_support_email_detail_reaches_the_notifiers_environment_and_only_its(
+    environment: str, overrides: dict[str, str], expected: SupportEmailDetail
+) -> None:
+    # Given a stage's samconfig values, and a parameter override over them
+    template = load_template(ROOT / "template.yaml", environment=environment, overrides=overrides)
+
+    # When the notifier's environment is resolved as CloudFormation would
+    resolver = Resolver(template, PhysicalNames(template).lookup)
+    variables = properties(template, "NotifierFunction")["Environment"]["Variables"]
+    value = resolver.resolve(variables["SUPPORT_EMAIL_DETAIL"])
+
+    # Then the notifier's settings read that level; the other functions have no such variable
+    assert Settings.model_validate({"SUPPORT_EMAIL_DETAIL": value}).support_email_detail is expected
+    for function_id in ("IngestFunction", "WriterFunction"):
+        assert "SUPPORT_EMAIL_DETAIL" not in properties(template, function_id)["Environment"]["Variables"]
+
+
+def test_a_support_email_detail_outside_its_allowed_values_is_refused_before_any_change() -> None:
+    with pytest.raises(
+        TemplateError, match=r"SupportEmailDetail='partial' is not one of \['full', 'masked'\]"
+    ):
+        load_template(ROOT / "template.yaml", overrides={"SupportEmailDetail": "partial"})
 
 
 # --- Alarms -------------------------------------------------------------------------------------
@@ -531,7 +586,7 @@ def test_dashboard_shows_every_custom_metric_the_functions_emit(
     }
 
     # Then they are exactly those: none missing, none that nothing emits
-    assert len(emitted) == 11
+    assert len(emitted) == 12
     assert custom == emitted
 
 
@@ -582,6 +637,7 @@ EXPECTED_ENVIRONMENT: dict[str, dict[str, Any]] = {
         "POWERTOOLS_SERVICE_NAME": "notifier",
         "ORDERS_TABLE_NAME": ref("OrdersTable"),
         "ORDERS_TOPIC_ARN": ref("OrdersTopic"),
+        "SUPPORT_EMAIL_DETAIL": ref("SupportEmailDetail"),
     },
 }
 

@@ -453,7 +453,7 @@ def test_a_bug_is_not_disguised_as_a_client_error(
     monkeypatch: pytest.MonkeyPatch, queue: RecordingQueue, lambda_context: LocalLambdaContext
 ) -> None:
     # Given a valid order, and a defect that raises ValueError while accepting it
-    def broken(order: object) -> None:
+    def broken(order: object, **kwargs: object) -> None:
         raise ValueError("a bug")
 
     monkeypatch.setattr(ingest, "accept_order", broken)

@@ -36,8 +36,8 @@ def test_every_answer_of_each_operation_is_documented_with_its_body() -> None:
     # Then POST /orders and GET /orders/{orderId} list exactly the statuses they can answer
     post = operation(document, "/orders", "post")
     get = operation(document, "/orders/{orderId}", "get")
-    assert list(post["responses"]) == ["202", "400", "409", "413", "415", "422", "503"]
-    assert list(get["responses"]) == ["200", "404", "503"]
+    assert list(post["responses"]) == ["202", "400", "401", "403", "409", "413", "415", "422", "503"]
+    assert list(get["responses"]) == ["200", "401", "404", "503"]
 
     # And the bodies are the order models and ErrorResponse, not Powertools' own error shape
     def schema_of(response: dict[str, Any]) -> str:

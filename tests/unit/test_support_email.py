@@ -18,10 +18,12 @@ from orderpipe.support_email import (
     SEPARATOR,
     SNS_MESSAGE_LIMIT_BYTES,
     SupportEmail,
+    SupportEmailDetail,
     as_text,
     render_support_emails,
 )
 
+FULL = SupportEmailDetail.FULL
 PLACED = datetime(2024, 5, 1, 12, 0, 3, 125000, tzinfo=UTC)
 
 
@@ -73,7 +75,8 @@ OUR_MARGIN_LINES = re.compile(
     r"^(|=+|Order \d+ of \d+|Totals:|Orders:|Orders in this part:|Part \d+ of \d+: orders \d+ to \d+ of \d+\."
     r"|A new order was placed: \d+\.\d{2} [A-Z]{3}\."
     r"|\d+ new orders? in this batch, placed (at|from) [0-9: -]+UTC( to [0-9: -]+UTC)?\."
-    r"|Customer text appears as sent; invisible or control characters are shown as <U\+XXXX>\.)$"
+    r"|Customer text appears as sent; invisible or control characters are shown as <U\+XXXX>\."
+    r"|Customer details are masked: initials, email, city and country only\.)$"
 )
 INVISIBLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
@@ -103,7 +106,7 @@ def test_one_order_gets_a_single_order_email_with_every_field() -> None:
     order = make_order()
 
     # When
-    emails = render_support_emails([order])
+    emails = render_support_emails([order], detail=FULL)
 
     # Then
     assert len(emails) == 1
@@ -140,7 +143,7 @@ def test_time_is_shown_in_utc_whatever_the_offset_it_carries() -> None:
     order = make_order(createdAt="2024-05-01T16:00:03.500+02:00")
 
     # When
-    body = render_support_emails([order])[0].body
+    body = render_support_emails([order], detail=FULL)[0].body
 
     # Then
     assert "Placed:        2024-05-01 14:00:03 UTC" in body
@@ -151,7 +154,7 @@ def test_absent_address_and_note_leave_no_empty_fields() -> None:
     order = make_order(shippingAddress=None, note=None)
 
     # When
-    body = render_support_emails([order])[0].body
+    body = render_support_emails([order], detail=FULL)[0].body
 
     # Then
     assert "Ship to" not in body
@@ -170,7 +173,7 @@ def test_several_orders_get_one_digest_listing_every_order_with_totals_per_curre
     ]
 
     # When
-    emails = render_support_emails(orders)
+    emails = render_support_emails(orders, detail=FULL)
 
     # Then
     assert len(emails) == 1
@@ -189,7 +192,7 @@ def test_several_orders_get_one_digest_listing_every_order_with_totals_per_curre
 
 
 def test_no_orders_no_email() -> None:
-    assert render_support_emails([]) == []
+    assert render_support_emails([], detail=FULL) == []
 
 
 # --- hostile customer text --------------------------------------------------------------------
@@ -213,7 +216,7 @@ def test_hostile_note_lines_are_quoted_and_shown_as_text(note: str) -> None:
     order = make_order(note=note)
 
     # When
-    email = render_support_emails([order, make_order(order_id(2))])[0]
+    email = render_support_emails([order, make_order(order_id(2))], detail=FULL)[0]
 
     # Then every line of the note is quoted, none starts at the margin
     note_lines = note.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -242,7 +245,7 @@ def test_hostile_customer_name_is_escaped_and_stays_on_its_line(name: str) -> No
     order = unvalidated(make_order(), name=name)
 
     # When
-    email = render_support_emails([order])[0]
+    email = render_support_emails([order], detail=FULL)[0]
 
     # Then
     (customer_line,) = [line for line in email.body.split("\n") if line.startswith("  Customer:")]
@@ -273,7 +276,7 @@ def test_bidi_override_in_an_item_name_cannot_reorder_the_amounts() -> None:
     )
 
     # When
-    body = render_support_emails([order])[0].body
+    body = render_support_emails([order], detail=FULL)[0].body
 
     # Then the override is visible and the amounts are on a line of their own
     assert "1. Mop <U+202E>0001 x 00.0<U+202C>" in body
@@ -289,7 +292,7 @@ def test_longest_names_are_shown_whole_on_one_line() -> None:
     )
 
     # When
-    email = render_support_emails([order])[0]
+    email = render_support_emails([order], detail=FULL)[0]
 
     # Then
     lines = email.body.split("\n")
@@ -304,7 +307,7 @@ def test_escaped_hostile_text_longer_than_a_line_continues_on_marked_lines() -> 
     order = unvalidated(make_order(), name="\u200b" * 200)
 
     # When
-    lines = render_support_emails([order])[0].body.split("\n")
+    lines = render_support_emails([order], detail=FULL)[0].body.split("\n")
 
     # Then
     start = next(i for i, line in enumerate(lines) if line.startswith("  Customer:"))
@@ -352,7 +355,8 @@ def random_order(rng: random.Random, number: int) -> Order:
     return hostile
 
 
-def test_subject_rules_hold_for_many_random_and_hostile_batches() -> None:
+@pytest.mark.parametrize("detail", list(SupportEmailDetail))
+def test_subject_rules_hold_for_many_random_and_hostile_batches(detail: SupportEmailDetail) -> None:
     # Given
     rng = random.Random(20240501)
     batches = [
@@ -361,7 +365,7 @@ def test_subject_rules_hold_for_many_random_and_hostile_batches() -> None:
 
     for batch in batches:
         # When
-        emails = render_support_emails(batch)
+        emails = render_support_emails(batch, detail=detail)
 
         # Then
         assert sum(len(email.order_ids) for email in emails) == len(batch)
@@ -376,7 +380,7 @@ def test_subject_with_many_currencies_falls_back_to_a_count() -> None:
     orders = [make_order(order_id(n), currency=currency) for n, currency in enumerate(currencies)]
 
     # When
-    (email,) = render_support_emails(orders)
+    (email,) = render_support_emails(orders, detail=FULL)
 
     # Then
     assert email.subject == "10 new orders in 10 currencies"
@@ -389,7 +393,7 @@ def test_largest_possible_totals_still_fit_the_subject() -> None:
     order = make_order(items=[item] * 100)
 
     # When
-    email = render_support_emails([order])[0]
+    email = render_support_emails([order], detail=FULL)[0]
 
     # Then
     assert email.subject == f"New order {order.order_id}: 100000000000.00 USD"
@@ -408,13 +412,15 @@ def big_order(number: int, character: str = "\U0001f9f9", name: str | None = Non
     return make_order(order_id(number), items=items)
 
 
-def test_a_digest_too_big_for_one_sns_message_is_split_into_parts() -> None:
+@pytest.mark.parametrize("detail", list(SupportEmailDetail))
+def test_a_digest_too_big_for_one_sns_message_is_split_into_parts(detail: SupportEmailDetail) -> None:
     # Given orders that take more than 256 KB together
     orders = [big_order(n) for n in range(7)]
-    assert sum(len(render_support_emails([o])[0].body.encode()) for o in orders) > SNS_MESSAGE_LIMIT_BYTES
+    single_sizes = [len(render_support_emails([o], detail=detail)[0].body.encode()) for o in orders]
+    assert sum(single_sizes) > SNS_MESSAGE_LIMIT_BYTES
 
     # When
-    emails = render_support_emails(orders)
+    emails = render_support_emails(orders, detail=detail)
 
     # Then each part fits SNS with room to spare, counted in UTF-8 bytes
     assert len(emails) > 1
@@ -440,7 +446,7 @@ def test_a_digest_that_fits_is_not_split() -> None:
     orders = [big_order(n) for n in range(2)]
 
     # When
-    emails = render_support_emails(orders)
+    emails = render_support_emails(orders, detail=FULL)
 
     # Then
     assert len(emails) == 1
@@ -464,7 +470,7 @@ def test_the_biggest_single_order_fits_one_message_whole() -> None:
     )
 
     # When
-    emails = render_support_emails([order])
+    emails = render_support_emails([order], detail=FULL)
 
     # Then
     (email,) = emails

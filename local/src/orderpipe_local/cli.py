@@ -1,4 +1,4 @@
-"""The `orderpipe` command: `local`, `invoke`, `openapi`."""
+"""The `orderpipe` command: `local`, `invoke`, `requeue`, `faults`, `token`, `openapi`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from orderpipe_local.config import (
+    DEFAULT_AUTH_PORT,
     DEFAULT_BACKGROUND_NICE,
+    DEFAULT_TOKEN_LIFETIME_SECONDS,
     DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS,
     DEFAULT_WORKERS,
 )
@@ -42,6 +45,30 @@ def _niceness(text: str) -> int:
     if not 0 <= value <= 19:
         raise argparse.ArgumentTypeError(f"{value} is not a niceness from 0 (as the API) to 19")
     return value
+
+
+def _fault(kind: str | None) -> Callable[[str], str]:
+    """An argparse type: a fault spec, checked (`moto.faults`), kept as its text."""
+
+    def parse(text: str) -> str:
+        from orderpipe_local.moto.faults import FaultError, parse_fault
+
+        try:
+            return parse_fault(text, kind=kind).spec
+        except FaultError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate from 0 to 1")
+    return rate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +131,53 @@ def build_parser() -> argparse.ArgumentParser:
         "503 for it and its queue or stream keeps the events "
         f"(default {DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS:g})",
     )
+    local.add_argument(
+        "--fault",
+        dest="faults",
+        action="append",
+        type=_fault("error"),
+        default=[],
+        metavar="SERVICE:Operation=ErrorCode@RATE",
+        help="answer that fraction of those AWS calls, whoever makes them, with that AWS error as AWS "
+        "sends it (e.g. dynamodb:PutItem=ProvisionedThroughputExceededException@0.2); repeatable",
+    )
+    local.add_argument(
+        "--delay",
+        dest="faults",
+        action="append",
+        type=_fault("delay"),
+        metavar="SERVICE:Operation=SECONDS@RATE",
+        help="stall that fraction of those AWS calls that long, then let them through "
+        "(e.g. sns:Publish=12@0.05); repeatable",
+    )
+    local.add_argument(
+        "--duplicate-deliveries",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="deliver that fraction of SQS messages to their function a second time, in another "
+        "batch, as SQS's at-least-once delivery may (default 0)",
+    )
+    local.add_argument(
+        "--fault-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the seed the faults and duplicate deliveries are drawn with (default: a random one, "
+        "printed at start)",
+    )
+    local.add_argument(
+        "--auth",
+        action="store_true",
+        help="turn on the API's JWT authorizer with this pipeline as the issuer (its own key and "
+        "JWKS); `orderpipe token` prints tokens for it",
+    )
+    local.add_argument(
+        "--auth-port",
+        type=int,
+        default=DEFAULT_AUTH_PORT,
+        help=f"with --auth, the issuer's port on the API's host (default {DEFAULT_AUTH_PORT}; 0 picks one)",
+    )
     local.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     local.add_argument(
         "--drain-timeout",
@@ -139,6 +213,46 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("files", metavar="FILE", type=Path, nargs="+", help="left-over file(s)")
     requeue.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
 
+    faults = commands.add_parser(
+        "faults",
+        help="list, add or clear the faults the running pipeline injects",
+        description="Change the faults of the running `orderpipe local` (see its --fault and --delay): "
+        "`list` shows them with how many calls each hit, `add SPEC...` adds errors "
+        "(SERVICE:Operation=ErrorCode@RATE) or delays (SERVICE:Operation=SECONDS@RATE), "
+        "`clear` removes them all.",
+    )
+    faults.add_argument("action", choices=["list", "add", "clear"], nargs="?", default="list")
+    faults.add_argument("specs", metavar="SPEC", nargs="*", type=_fault(None), help="faults to add")
+    faults.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+
+    token = commands.add_parser(
+        "token",
+        help="print an access token for the running `orderpipe local --auth`",
+        description="Print on stdout an access token signed by the running `orderpipe local --auth` "
+        "(its issuer and audience), as an OAuth server would issue it: "
+        'curl -H "Authorization: Bearer $(orderpipe token --sub ada --scope orders/write)" ...',
+    )
+    token.add_argument("--sub", required=True, help="the token's subject: the customer it stands for")
+    token.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="a scope it grants (repeat for more): orders/write, orders/read-all",
+    )
+    token.add_argument(
+        "--expires-in",
+        type=int,
+        default=DEFAULT_TOKEN_LIFETIME_SECONDS,
+        metavar="SECONDS",
+        help=f"lifetime (default {DEFAULT_TOKEN_LIFETIME_SECONDS}; negative: already expired)",
+    )
+    token.add_argument(
+        "--audience", help="the audience it names (default the pipeline's: any other is refused)"
+    )
+    token.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
+
     commands.add_parser("openapi", help="print the OpenAPI description of the HTTP API")
     return parser
 
@@ -170,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             return _invoke(args)
         case "requeue":
             return _requeue(args)
+        case "faults":
+            return _faults(args)
+        case "token":
+            return _token(args)
         case _:
             from orderpipe.ingest import openapi_json
 
@@ -199,6 +317,11 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         workers=getattr(args, "workers", DEFAULT_WORKERS),
         background_nice=getattr(args, "background_nice", DEFAULT_BACKGROUND_NICE),
         unavailable_timeout=getattr(args, "unavailable_timeout", DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS),
+        faults=getattr(args, "faults", None) or [],
+        duplicate_deliveries=getattr(args, "duplicate_deliveries", 0.0),
+        fault_seed=getattr(args, "fault_seed", None),
+        auth=getattr(args, "auth", False),
+        auth_port=getattr(args, "auth_port", DEFAULT_AUTH_PORT),
     )
 
 
@@ -302,6 +425,80 @@ def _requeue(args: argparse.Namespace) -> int:
     for path, kept in leftovers:
         print(f"{path}: {kept.summary() or 'nothing left'}")
         put_back(kept, stack, path, progress=lambda line: print(f"  {line}"))
+    return 0
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from orderpipe_local.moto.faults import FaultError, add_faults, clear_faults, read_faults
+    from orderpipe_local.state import PipelineState
+
+    config = _config(args)
+    state = PipelineState.read(config.state_file) if config.state_file else None
+    if state is None:
+        print(
+            "orderpipe faults: no orderpipe local is running here: start it (make run) first", file=sys.stderr
+        )
+        return 1
+    if args.action == "add" and not args.specs:
+        print("orderpipe faults add: give at least one SPEC", file=sys.stderr)
+        return 2
+    if args.action != "add" and args.specs:
+        print(f"orderpipe faults {args.action}: takes no SPEC", file=sys.stderr)
+        return 2
+    try:
+        match args.action:
+            case "add":
+                current = add_faults(state.endpoint_url, args.specs)
+            case "clear":
+                current = clear_faults(state.endpoint_url)
+            case _:
+                current = read_faults(state.endpoint_url)
+    except (OSError, FaultError) as error:
+        print(f"orderpipe faults: {error}", file=sys.stderr)
+        return 1
+    injected: dict[str, int] = current["injected"]
+    for spec in current["faults"]:
+        print(f"{spec}  ({injected.get(spec, 0)} injected)")
+    if not current["faults"]:
+        print("no faults")
+    cleared = {spec: count for spec, count in injected.items() if spec not in current["faults"]}
+    if cleared:
+        print("cleared: " + ", ".join(f"{spec} ({count} injected)" for spec, count in cleared.items()))
+    print(f"seed {current['seed']}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from orderpipe_local.issuer import issue_token, read_key
+    from orderpipe_local.state import PipelineState
+
+    config = _config(args)
+    state = PipelineState.read(config.state_file) if config.state_file else None
+    if state is None:
+        print("orderpipe token: no orderpipe local is running here: start it with --auth", file=sys.stderr)
+        return 1
+    if state.auth is None:
+        print(
+            f"orderpipe token: the orderpipe local running here (pid {state.pid}) has no issuer:"
+            " restart it with --auth",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        key = read_key(Path(state.auth["key_file"]))
+    except (OSError, ValueError) as error:
+        print(f"orderpipe token: cannot read the issuer's key: {error}", file=sys.stderr)
+        return 1
+    print(
+        issue_token(
+            key,
+            issuer=state.auth["issuer"],
+            audience=args.audience or state.auth["audience"],
+            subject=args.sub,
+            scopes=args.scopes,
+            expires_in=args.expires_in,
+        )
+    )
     return 0
 
 

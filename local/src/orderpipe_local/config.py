@@ -16,6 +16,9 @@ DEFAULT_DRAIN_TIMEOUT_SECONDS = 60.0
 DEFAULT_WORKERS = 4
 DEFAULT_BACKGROUND_NICE = 10
 DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS = 30.0
+DEFAULT_AUTH_PORT = 3001
+DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
+AUTH_KEY_FILE = "issuer-key.json"
 
 
 @dataclass
@@ -50,6 +53,18 @@ class PipelineConfig:
     # could be started) before the pipeline stops with an error naming it: meanwhile the API
     # answers 503 for it, or its queue or stream keeps what it has not taken.
     unavailable_timeout: float = DEFAULT_UNAVAILABLE_TIMEOUT_SECONDS
+    # Faults to inject in front of moto from the start (`orderpipe_local.moto.faults` specs:
+    # errors and delays), the fraction of SQS messages its event sources deliver twice, and the
+    # seed both are drawn with (None: one chosen at random, and printed, so a run can be repeated).
+    faults: list[str] = field(default_factory=list)
+    duplicate_deliveries: float = 0.0
+    fault_seed: int | None = None
+    # `--auth`: the pipeline is the issuer of the API's JWT authorizer (`orderpipe_local.issuer`),
+    # its OpenID configuration and JWKS on the API's host at this port.
+    auth: bool = False
+    auth_port: int = DEFAULT_AUTH_PORT
+    # The issuer's signing key while the pipeline runs, for `orderpipe token`.
+    auth_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         local = self.root / STATE_DIR
@@ -59,6 +74,7 @@ class PipelineConfig:
         self.endpoint_log = self.endpoint_log or self.function_log.parent / "moto.log"  # logs together
         self.leftover_dir = self.leftover_dir or self.state_file.parent / "left-over"
         self.journal = self.journal or self.state_file.parent / "journal.jsonl"
+        self.auth_key_file = self.auth_key_file or self.state_file.parent / AUTH_KEY_FILE
 
 
 def load_local_template(config: PipelineConfig) -> Template:

@@ -17,6 +17,7 @@ import email.policy
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,13 @@ class Leftovers:
             raise ValueError(f"{path} is not a left-over file of orderpipe local: {error}") from error
 
 
-def collect(stack: Stack) -> Leftovers:
+def collect(stack: Stack, outbox_dir: Path) -> Leftovers:
     """Every message of the stack's queues (received, not deleted: the endpoint is about to go)
-    and every item of its streamed tables that is not NOTIFIED. Call it once nothing polls."""
+    and every item of its streamed tables that is not NOTIFIED, except the orders the outbox
+    holds an email for (mailed, then not marked: put back, they would be mailed again). Call it
+    once nothing polls."""
     sqs, dynamodb = _clients(stack)
+    mailed = mailed_order_ids(outbox_dir)
     leftovers = Leftovers()
     for logical_id, resource in stack.resources.items():
         if resource.type == "AWS::SQS::Queue":
@@ -84,7 +88,7 @@ def collect(stack: Stack) -> Leftovers:
         elif (
             resource.type == "AWS::DynamoDB::Table"
             and "StreamArn" in resource.attributes
-            and (items := _unannounced(dynamodb, resource.ref))
+            and (items := _unannounced(dynamodb, resource.ref, mailed))
         ):
             leftovers.items[logical_id] = items
     return leftovers
@@ -114,13 +118,20 @@ def from_journal(journal: Path, stack: Stack, outbox_dir: Path) -> Leftovers:
 
 def mailed_order_ids(outbox_dir: Path) -> set[str]:
     """The order ids in the outbox's emails (their text, whatever its transfer encoding)."""
-    found: set[str] = set()
+    return set(mailed_order_counts(outbox_dir))
+
+
+def mailed_order_counts(outbox_dir: Path) -> Counter[str]:
+    """How many of the outbox's emails name each order id."""
+    counts: Counter[str] = Counter()
     for path in outbox_dir.glob("*.eml") if outbox_dir.is_dir() else []:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        named: set[str] = set()
         for part in message.walk():
             if part.get_content_maintype() == "text":
-                found.update(_ORDER_ID.findall(part.get_content()))
-    return found
+                named.update(_ORDER_ID.findall(part.get_content()))
+        counts.update(named)
+    return counts
 
 
 def put_back(
@@ -208,7 +219,7 @@ def _read_queue(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
             messages.append({"body": message["Body"], "attributes": attributes})
 
 
-def _unannounced(dynamodb: Any, table_name: str) -> list[dict[str, Any]]:
+def _unannounced(dynamodb: Any, table_name: str, mailed: set[str]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     request: dict[str, Any] = {
         "TableName": table_name,
@@ -218,7 +229,7 @@ def _unannounced(dynamodb: Any, table_name: str) -> list[dict[str, Any]]:
     }
     while True:
         page = dynamodb.scan(**request)
-        items += page.get("Items", [])
+        items += [item for item in page.get("Items", []) if item.get("orderId", {}).get("S") not in mailed]
         if "LastEvaluatedKey" not in page:
             return items
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO, runtime_checkable
 
@@ -37,6 +39,7 @@ from orderpipe_local.environment import (
     function_environment,
     shared_environment,
 )
+from orderpipe_local.issuer import LocalIssuer
 from orderpipe_local.leftovers import Leftovers, collect, from_journal, left_over_files
 from orderpipe_local.moto.endpoint import AwsEndpoint, EndpointError
 from orderpipe_local.runtime.functions import (
@@ -76,6 +79,10 @@ class LocalPipeline:
     def __init__(self, config: PipelineConfig, console: Console) -> None:
         self.config = config
         self.console = console
+        # The seed of the faults and duplicate deliveries: the same one repeats a run's draws.
+        self.fault_seed = (
+            config.fault_seed if config.fault_seed is not None else random.randrange(1, 1_000_000)
+        )
         self.endpoint: AwsEndpoint | None = None
         self.stack: Stack | None = None
         self.functions: dict[str, LocalFunction] = {}
@@ -92,6 +99,7 @@ class LocalPipeline:
         self._saved_showwarning: Callable[..., None] | None = None
         self._function_log: IO[str] | None = None
         self._started = False
+        self.issuer: LocalIssuer | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -117,16 +125,17 @@ class LocalPipeline:
         if config.journal.exists():
             config.journal.replace(previous_journal)
         # moto starts in its own process while this one reads the template.
-        self.endpoint = AwsEndpoint(
-            config.aws_host,
-            config.aws_port,
-            config.endpoint_log,
-            dynamodb_nice=config.background_nice,
-            journal=config.journal,
-        )
+        self.endpoint = self._new_endpoint(config.aws_port)
         self.endpoint.launch()
         if config.workers >= 1:
             start_forkserver()  # its imports, in a process of its own, overlap what follows
+        if config.auth:
+            assert config.auth_key_file is not None
+            self.issuer = LocalIssuer(config.auth_key_file, config.api_host, config.auth_port)
+            self.issuer.start()
+            # The template's own authorizer, with this issuer: the local API plays what it declares.
+            auth = {"AuthIssuer": self.issuer.url, "AuthAudience": self.issuer.audience}
+            config = replace(config, parameter_overrides=config.parameter_overrides | auth)
         template = load_local_template(config)
         env_file = EnvVarsFile.read(config.env_file) if config.env_file else None
         http_api = http_api_from_template(template)
@@ -158,7 +167,8 @@ class LocalPipeline:
 
         self.sources = self._event_sources(stack, functions)
         stream_sources = [s for s in self.sources if isinstance(s, DynamoDBStreamEventSource)]
-        self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources)
+        queue_sources = [s for s in self.sources if isinstance(s, SqsEventSource)]
+        self.monitor = PipelineMonitor(stack, self.endpoint.url, stream_sources, queue_sources)
         assert config.outbox_dir is not None
         self.outbox = EmailOutbox(stack, self.endpoint.url, config.outbox_dir, self._on_email)
         self.outbox.start()
@@ -167,7 +177,11 @@ class LocalPipeline:
 
         self.api.start(functions)
         if config.state_file is not None:
-            PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir).write(
+            issuer: dict[str, str] | None = None
+            if self.issuer is not None:
+                key_file = str(self.issuer.key_file)
+                issuer = {"issuer": self.issuer.url, "audience": self.issuer.audience, "key_file": key_file}
+            PipelineState.of(stack, self.endpoint.url, self.api.url, config.outbox_dir, issuer).write(
                 config.state_file
             )
         self._announce(http_api)
@@ -196,6 +210,18 @@ class LocalPipeline:
             functions[function_id] = pool
         return functions
 
+    def _new_endpoint(self, port: int) -> AwsEndpoint:
+        config = self.config
+        return AwsEndpoint(
+            config.aws_host,
+            port,
+            config.endpoint_log,
+            dynamodb_nice=config.background_nice,
+            journal=config.journal,
+            faults=config.faults,
+            fault_seed=self.fault_seed,
+        )
+
     def _endpoint_ready(self, endpoint: AwsEndpoint) -> AwsEndpoint:
         config = self.config
         try:
@@ -209,10 +235,7 @@ class LocalPipeline:
                 DEFAULT_AWS_PORT,
                 DEFAULT_AWS_PORT,
             )
-            endpoint = AwsEndpoint(
-                config.aws_host, 0, config.endpoint_log, dynamodb_nice=config.background_nice
-            )
-            self.endpoint = endpoint
+            endpoint = self.endpoint = self._new_endpoint(0)
             endpoint.start()
         return endpoint
 
@@ -247,7 +270,16 @@ class LocalPipeline:
         for function_id, mapping, service in self._mappings(stack):
             match service:
                 case "sqs":
-                    sources.append(SqsEventSource(stack, mapping, functions[function_id], self.endpoint.url))
+                    sources.append(
+                        SqsEventSource(
+                            stack,
+                            mapping,
+                            functions[function_id],
+                            self.endpoint.url,
+                            duplicate_deliveries=self.config.duplicate_deliveries,
+                            seed=self.fault_seed,
+                        )
+                    )
                 case "dynamodb":
                     function, streams_url = functions[function_id], self.endpoint.url_for("dynamodbstreams")
                     sources.append(
@@ -287,7 +319,20 @@ class LocalPipeline:
         )
         line(f"  API           {self.api.url}")
         for route in http_api.routes:
-            line(f"                  {route.route_key:<28} -> {route.function_id}")
+            needs = ""
+            if route.authorizer is not None:
+                scopes = " or ".join(route.authorization_scopes)
+                needs = f"  (token with {scopes})" if scopes else "  (token)"
+            line(f"                  {route.route_key:<28} -> {route.function_id}{needs}")
+        if self.issuer is not None:
+            line(
+                f"  auth          issuer {self.issuer.url} (JWKS {self.issuer.url}/.well-known/jwks.json),"
+                f" audience {self.issuer.audience}"
+            )
+            line("                  TOKEN=$(orderpipe token --sub ada --scope orders/write)")
+            line(f'                  curl -H "Authorization: Bearer $TOKEN" {self.api.url}/orders ...')
+        if http_api.cors is not None:
+            line(f"  CORS          origins {', '.join(http_api.cors.allow_origins)}")
         region = stack.template.region
         line(f"  AWS endpoint  {endpoint_url}  (region {region}; any credentials will do, e.g.)")
         first_table = stack.ref(next(iter(tables))) if tables else "TABLE"
@@ -303,7 +348,9 @@ class LocalPipeline:
         for source in self.sources:
             line(f"  event source  {source.name}")
         email = stack.template.parameters.get("SupportEmail", "")
-        line(f"  outbox        {_relative(self.config.outbox_dir)}  (email to {email})")
+        detail = stack.template.parameters.get("SupportEmailDetail", "")
+        outbox = _relative(self.config.outbox_dir)
+        line(f"  outbox        {outbox}  (email to {email}, SupportEmailDetail={detail})")
         line(f"  function logs {_relative(self.config.function_log)}")
         if self.config.leftover_dir is not None and (files := left_over_files(self.config.leftover_dir)):
             line(
@@ -314,6 +361,13 @@ class LocalPipeline:
             "  state         in moto's memory: a restart forgets the orders stored and mailed and the"
             " idempotency keys; what a stop or a crash leaves unfinished is kept in a left-over file"
         )
+        if self.config.faults or self.config.duplicate_deliveries:
+            injected = [*self.config.faults]
+            if self.config.duplicate_deliveries:
+                injected.append(f"duplicate deliveries {self.config.duplicate_deliveries:g}")
+            line(
+                f"  faults        {', '.join(injected)}  (seed {self.fault_seed}: --fault-seed repeats them)"
+            )
         line("Ctrl-C stops: the API stops accepting, what it accepted is stored and mailed, then it exits.")
 
     # --- run -----------------------------------------------------------------------------------
@@ -438,8 +492,9 @@ class LocalPipeline:
             if isinstance(source, SqsEventSource):
                 source.return_unsettled()  # those a failed or ended invocation held: readable again
         assert self.config.journal is not None
+        assert self.config.outbox_dir is not None
         try:
-            leftovers = collect(self.stack)
+            leftovers = collect(self.stack, self.config.outbox_dir)
         except Exception as error:  # the endpoint failed meanwhile: nothing to read it from
             self.console.line(f"could not read what is left in the endpoint: {error}")
             self._keep_from_journal(self.config.journal, "the AWS endpoint (moto) failed")
@@ -492,6 +547,9 @@ class LocalPipeline:
             self.console.end_status()
         if self.config.state_file is not None:
             remove_state(self.config.state_file)
+        if self.issuer is not None:
+            self.issuer.close()
+            self.issuer = None
         if self.endpoint is not None:
             self.endpoint.stop()
         if self._saved_stdout is not None:

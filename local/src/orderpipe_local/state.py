@@ -32,9 +32,18 @@ class PipelineState:
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     api_url: str | None = None
     outbox: str | None = None
+    # With `--auth`: the local issuer's `issuer`, `audience` and `key_file`, for `orderpipe token`.
+    auth: dict[str, str] | None = None
 
     @classmethod
-    def of(cls, stack: Stack, endpoint_url: str, api_url: str | None, outbox: Path | None) -> PipelineState:
+    def of(
+        cls,
+        stack: Stack,
+        endpoint_url: str,
+        api_url: str | None,
+        outbox: Path | None,
+        auth: dict[str, str] | None = None,
+    ) -> PipelineState:
         return cls(
             pid=os.getpid(),
             endpoint_url=endpoint_url,
@@ -47,6 +56,7 @@ class PipelineState:
             },
             api_url=api_url,
             outbox=str(outbox) if outbox else None,
+            auth=auth,
         )
 
     def write(self, path: Path) -> None:

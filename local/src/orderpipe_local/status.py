@@ -1,10 +1,12 @@
 """What the status line of `orderpipe local` shows.
 
-Stored and notified orders are counted from OrdersTable's stream, as the stream's event source
-reads it (every record, before its filter): the writer's conditional put makes exactly one
-INSERT per order, and the notifier's conditional update (PLACED -> NOTIFIED) exactly one MODIFY
-whose new image is NOTIFIED. That stays exact whatever is redelivered or retried, and costs no
-call of its own. Queue depths come from GetQueueAttributes.
+Stored orders are what the tables whose streams trigger a function hold (DescribeTable's
+ItemCount, which moto keeps exact), so the count does not lag while the stream's reader waits
+on a failing notifier. Notified orders are counted from the stream, as its event source reads
+it (every record, before its filter): the notifier's conditional update (PLACED -> NOTIFIED)
+makes exactly one MODIFY whose new image is NOTIFIED, whatever is redelivered or retried.
+Queue depths come from GetQueueAttributes; injected faults from the endpoint (`moto.faults`)
+and the queue sources' duplicate deliveries.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orderpipe.models import OrderStatus
+from orderpipe_local.moto.faults import read_faults
 from orderpipe_local.runtime.functions import FunctionHealth
 from orderpipe_local.sources.dynamodb_stream import DynamoDBStreamEventSource
 from orderpipe_local.sources.polling import arn_service, aws_client
+from orderpipe_local.sources.sqs import SqsEventSource
 from orderpipe_local.stack.provision import Stack
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.literals import QueueAttributeNameType
 
@@ -44,6 +50,7 @@ class PipelineStatus:
     emails: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     functions: list[FunctionHealth] = field(default_factory=list)
+    faults: int | None = None  # injected so far; None while none was ever asked for
 
     def line(self) -> str:
         parts = [
@@ -54,6 +61,8 @@ class PipelineStatus:
             f"emails {self.emails}",
             *(f"{name} {count}" for name, count in self.dead_letters.items()),
         ]
+        if self.faults is not None:
+            parts.append(f"faults {self.faults}")
         if self.functions:  # execution environments up of each function: `writer 4/4`
             parts.append("functions " + ", ".join(health.summary() for health in self.functions))
         return " | ".join(parts)
@@ -82,11 +91,24 @@ class PipelineMonitor:
     """Counts for the status line: queue depths, dead letters, stored and notified orders."""
 
     def __init__(
-        self, stack: Stack, endpoint_url: str, stream_sources: list[DynamoDBStreamEventSource]
+        self,
+        stack: Stack,
+        endpoint_url: str,
+        stream_sources: list[DynamoDBStreamEventSource],
+        queue_sources: list[SqsEventSource] | None = None,
     ) -> None:
         # A status line is no reason to wait: no retries, short timeouts.
+        self.endpoint_url = endpoint_url
         self.sqs: SQSClient = aws_client(
             "sqs", endpoint_url, stack.template.region, attempts=1, connect_timeout=2, read_timeout=10
+        )
+        self.dynamodb: DynamoDBClient = aws_client(
+            "dynamodb", endpoint_url, stack.template.region, attempts=1, connect_timeout=2, read_timeout=10
+        )
+        self.queue_sources = queue_sources or []
+        # The tables whose streams are read: the orders a writer stored.
+        self.stored_tables = sorted(
+            {source.stream_arn.split(":table/", 1)[1].split("/", 1)[0] for source in stream_sources}
         )
         self.source_queues: dict[str, str] = {}
         self.dead_letter_queues: dict[str, str] = {}
@@ -136,10 +158,25 @@ class PipelineMonitor:
             status.queued = sum(self.queue_depth(url) for url in self.source_queues.values())
             for name, url in self.dead_letter_queues.items():
                 status.dead_letters[name] = self.queue_depth(url)
-            if self.stream_counters:
-                status.stored = sum(counter.inserted for counter in self.stream_counters.values())
-                status.notified = sum(counter.notified for counter in self.stream_counters.values())
+            status.stored = sum(
+                self.dynamodb.describe_table(TableName=table)["Table"].get("ItemCount", 0)
+                for table in self.stored_tables
+            )
+            status.notified = sum(counter.notified for counter in self.stream_counters.values())
         except (BotoCoreError, ClientError) as error:
             log.debug("status not refreshed: %s", error)
+        status.faults = self._faults()
         self._last = status
         return status
+
+    def _faults(self) -> int | None:
+        duplicated = sum(source.counters.snapshot()["duplicated"] for source in self.queue_sources)
+        wanted = any(source.duplicate_deliveries for source in self.queue_sources)
+        try:
+            injected: dict[str, int] = read_faults(self.endpoint_url, timeout=2.0)["injected"]
+        except (OSError, ValueError, urllib3.exceptions.HTTPError) as error:
+            log.debug("fault counts not read: %s", error)
+            return self._last.faults
+        if not injected and not wanted:
+            return None
+        return sum(injected.values()) + duplicated

@@ -294,6 +294,7 @@ def test_sqs_batches_gather_within_the_batching_window(endpoint: AwsEndpoint, st
         "failed": 0,
         "filtered": 0,
         "returned": 0,
+        "duplicated": 0,
     }
 
 

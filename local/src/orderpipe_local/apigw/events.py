@@ -17,10 +17,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
+from orderpipe_local.apigw.auth import JwtAuthorizerConfig
 from orderpipe_local.stack.template import ACCOUNT_ID, Resolver, Template, TemplateError
+
+if TYPE_CHECKING:
+    from orderpipe_local.apigw.cors import CorsConfiguration
 
 _DIGITS = re.compile(r"[0-9]+")
 DEFAULT_ROUTE = "$default"
@@ -50,6 +54,9 @@ class Route:
     path: str
     function_id: str
     payload_format_version: str = "2.0"
+    # The JWT authorizer of the route's `security` and the scopes it needs (none: any valid token).
+    authorizer: str | None = None
+    authorization_scopes: tuple[str, ...] = ()
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _parameters: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -105,6 +112,8 @@ class HttpApi:
     api_id: str
     stage: str
     routes: tuple[Route, ...]
+    authorizers: Mapping[str, JwtAuthorizerConfig] = field(default_factory=dict)
+    cors: CorsConfiguration | None = None
 
     def route_request(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]] | None:
         """The route a request goes to, and its path parameters: a named stage prefixes every
@@ -158,12 +167,15 @@ def http_api_from_template(template: Template, logical_id: str | None = None) ->
             function = _FUNCTION_ARN.search(str(integration.get("uri", "")))
             if function is None or function["name"] not in template.resources:
                 raise TemplateError(f"{method} {path}: the integration names no function of the template")
+            authorizer, scopes = _route_security(operation.get("security"), f"{method} {path}")
             routes.append(
                 Route(
                     method=method,
                     path=DEFAULT_ROUTE if path in ("/$default", DEFAULT_ROUTE) else path,
                     function_id=function["name"],
                     payload_format_version=str(integration.get("payloadFormatVersion", "2.0")),
+                    authorizer=authorizer,
+                    authorization_scopes=scopes,
                 )
             )
     for route in routes:
@@ -176,8 +188,37 @@ def http_api_from_template(template: Template, logical_id: str | None = None) ->
         stage_properties = resource.get("Properties", {})
         if stage_properties.get("ApiId") == {"Ref": logical_id}:
             stage = str(stage_properties.get("StageName", DEFAULT_STAGE))
+    from orderpipe_local.apigw.cors import CorsConfiguration  # it builds on this module's types
+
+    schemes = (body.get("components") or {}).get("securitySchemes") or {}
+    authorizers = {
+        name: JwtAuthorizerConfig.from_security_scheme(name, scheme)
+        for name, scheme in schemes.items()
+        if "x-amazon-apigateway-authorizer" in scheme
+    }
+    for route in routes:
+        if route.authorizer is not None and route.authorizer not in authorizers:
+            raise TemplateError(f"{route.route_key}: no authorizer {route.authorizer} in the API")
+    cors = body.get("x-amazon-apigateway-cors")
     digest = hashlib.sha256(f"{template.stack_name}/{logical_id}".encode()).hexdigest()
-    return HttpApi(logical_id=logical_id, api_id=digest[:10], stage=stage, routes=tuple(routes))
+    return HttpApi(
+        logical_id=logical_id,
+        api_id=digest[:10],
+        stage=stage,
+        routes=tuple(routes),
+        authorizers=authorizers,
+        cors=CorsConfiguration.from_openapi(cors) if cors else None,
+    )
+
+
+def _route_security(security: Any, route: str) -> tuple[str | None, tuple[str, ...]]:
+    """The authorizer and scopes of an operation's OpenAPI `security` (one requirement)."""
+    if not security:
+        return None, ()
+    if not isinstance(security, list) or len(security) != 1 or len(security[0]) != 1:
+        raise TemplateError(f"{route}: only one authorizer per route runs locally")
+    ((name, scopes),) = security[0].items()
+    return str(name), tuple(str(scope) for scope in scopes or ())
 
 
 def _function_arns(template: Template) -> Any:
@@ -257,8 +298,10 @@ def build_event(
     *,
     request_id: str | None = None,
     now: float | None = None,
+    authorizer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The payload format 2.0 event API Gateway sends for `request` on `route`."""
+    """The payload format 2.0 event API Gateway sends for `request` on `route`; `authorizer`:
+    what the route's authorizer passes on (`{"jwt": {"claims": ..., "scopes": ...}}`)."""
     now = time.time() if now is None else now
     request_id = request_id or new_request_id()
 
@@ -300,6 +343,7 @@ def build_event(
     event["requestContext"] = {
         "accountId": ACCOUNT_ID,
         "apiId": api.api_id,
+        **({"authorizer": dict(authorizer)} if authorizer is not None else {}),
         "domainName": domain_name,
         "domainPrefix": domain_name.split(".", 1)[0],
         "http": {

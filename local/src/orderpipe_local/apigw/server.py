@@ -36,6 +36,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from orderpipe_local.apigw.auth import Forbidden, JwtAuthorizer, Unauthorized
 from orderpipe_local.apigw.events import (
     DEFAULT_STAGE,
     HttpApi,
@@ -117,6 +118,7 @@ class LocalHttpApi:
     ) -> None:
         self.api = api
         self.functions = dict(functions or {})
+        self.authorizers = {name: JwtAuthorizer(config) for name, config in api.authorizers.items()}
         # IPPROTO_TCP named, not left 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
         # sockets that say they are TCP, and uvicorn writes a response's head and body apart; with
         # Nagle on, the body waited for the client's delayed ACK (POST p50 1.5 -> 42 ms).
@@ -252,14 +254,38 @@ class LocalHttpApi:
                 self._stats.server_errors += 1
 
     def respond(self, request: HttpRequest) -> HttpResponse:
-        """What API Gateway answers to `request`: route it, invoke the function, map the result.
-        Blocking: the ASGI app calls it in the thread pool."""
+        """What API Gateway answers to `request`: a CORS preflight itself, else route it, check
+        its token, invoke the function, map the result. Blocking: the ASGI app calls it in the
+        thread pool."""
+        cors = self.api.cors
+        if cors is None:
+            return self._respond(request)
+        if (preflight := cors.preflight(request)) is not None:
+            return preflight
+        return cors.decorate(request, self._respond(request))
+
+    def _respond(self, request: HttpRequest) -> HttpResponse:
         found = self.api.route_request(request.method, request.raw_path)
         if found is None:
             return api_error(HTTPStatus.NOT_FOUND)
         route, parameters = found
         request_id = new_request_id()
-        event = build_event(self.api, route, parameters, request, request_id=request_id)
+        authorizer = None
+        if route.authorizer is not None:
+            checks = self.authorizers[route.authorizer]
+            try:
+                authorizer = checks.authorize(
+                    request.header(checks.config.header), route.authorization_scopes
+                )
+            except Unauthorized as refusal:
+                log.debug("%s: 401 (request %s): %s", route.route_key, request_id, refusal)
+                return _with_request_id(api_error(HTTPStatus.UNAUTHORIZED), request_id)
+            except Forbidden as refusal:
+                log.debug("%s: 403 (request %s): %s", route.route_key, request_id, refusal)
+                return _with_request_id(api_error(HTTPStatus.FORBIDDEN), request_id)
+        event = build_event(
+            self.api, route, parameters, request, request_id=request_id, authorizer=authorizer
+        )
         function = self.functions[route.function_id]
         try:
             result = function.invoke(event)
@@ -277,9 +303,11 @@ class LocalHttpApi:
         except Exception:
             log.exception("%s raised on %s (request %s)", route.function_id, route.route_key, request_id)
             response = api_error(HTTPStatus.INTERNAL_SERVER_ERROR)
-        return HttpResponse(
-            response.status, (*response.headers, ("apigw-requestid", request_id)), response.body
-        )
+        return _with_request_id(response, request_id)
+
+
+def _with_request_id(response: HttpResponse, request_id: str) -> HttpResponse:
+    return HttpResponse(response.status, (*response.headers, ("apigw-requestid", request_id)), response.body)
 
 
 class _Refused(Exception):

@@ -34,13 +34,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
 import urllib3
 
+from orderpipe_local.moto.faults import FaultError, FaultInjector, FaultList, parse_fault
 from orderpipe_local.moto.journal import MessageJournal
 from orderpipe_local.moto.patches import apply_moto_patches, selected_patches
 from orderpipe_local.moto.wsgi_server import WsgiApp, WsgiServer
@@ -84,10 +85,15 @@ class AwsEndpoint:
         dynamodb_nice: int = 0,
         moto_patches: Collection[str] | None = None,
         journal: Path | None = None,
+        faults: Sequence[str] = (),
+        fault_seed: int = 0,
     ) -> None:
-        """`journal`: where SQS's accepted messages are appended (`moto.journal`)."""
+        """`journal`: where SQS's accepted messages are appended (`moto.journal`). `faults`: the
+        specs of the faults to inject from the start (`moto.faults`), drawn with `fault_seed`."""
         self.host = host
         self.journal = journal
+        self.faults = tuple(faults)
+        self.fault_seed = fault_seed
         self.requested_port = port
         self.log_path = log_path
         self.only_dynamodb = only_dynamodb
@@ -147,6 +153,8 @@ class AwsEndpoint:
             *(["--dynamodb-nice", str(self.dynamodb_nice)] if self.dynamodb_nice else []),
             f"--moto-patches={','.join(self.moto_patches)}",
             *(["--journal", str(self.journal)] if self.journal is not None else []),
+            *(f"--fault={spec}" for spec in self.faults),
+            f"--fault-seed={self.fault_seed}",
         ]
         stderr: IO[str] | int | None = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(
@@ -354,6 +362,8 @@ def _serve(
     dynamodb_nice: int,
     moto_patches: list[str],
     journal: Path | None = None,
+    faults: Sequence[str] = (),
+    fault_seed: int = 0,
 ) -> int:
     """The child: run moto until SIGTERM/SIGINT or until stdin closes (the parent is gone)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -370,7 +380,13 @@ def _serve(
     services: dict[str, str] = {}
     if not only_dynamodb:
         dynamodb = AwsEndpoint(
-            host, 0, only_dynamodb=True, dynamodb_nice=dynamodb_nice, moto_patches=moto_patches
+            host,
+            0,
+            only_dynamodb=True,
+            dynamodb_nice=dynamodb_nice,
+            moto_patches=moto_patches,
+            faults=faults,
+            fault_seed=fault_seed,
         )
         try:
             dynamodb.start()
@@ -380,10 +396,16 @@ def _serve(
         services = dict.fromkeys(DYNAMODB_SERVICES.values(), dynamodb.url)
 
     # moto's app as moto's own server builds it, served on connections that stay open.
-    app = JsonProtocolRoutes(
-        DomainDispatcherApplication(create_backend_app),
-        dynamodb.url if dynamodb is not None else None,
-        MessageJournal(journal) if journal is not None else None,
+    # Faults in front of it all; the DynamoDB process applies those of the calls it is passed.
+    app = FaultInjector(
+        JsonProtocolRoutes(
+            DomainDispatcherApplication(create_backend_app),
+            dynamodb.url if dynamodb is not None else None,
+            MessageJournal(journal) if journal is not None else None,
+        ),
+        FaultList(fault_seed, [parse_fault(spec) for spec in faults]),
+        passed_on=DYNAMODB_SERVICES if dynamodb is not None else (),
+        peer=dynamodb.url if dynamodb is not None else None,
     )
     try:
         server = WsgiServer(app, host, port)
@@ -455,7 +477,17 @@ def main(argv: list[str] | None = None) -> int:
         " patches ORDERPIPE_MOTO_SPEED_PATCHES selects",
     )
     parser.add_argument("--journal", type=Path, help="append the messages SQS accepts to this file")
+    parser.add_argument(
+        "--fault", action="append", default=[], help="a fault to inject (moto.faults), repeatable"
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="the seed the faults are drawn with")
     args = parser.parse_args(argv)
+    try:
+        for spec in args.fault:
+            parse_fault(spec)
+    except FaultError as error:
+        print(error, file=sys.stderr)
+        return 2
     try:
         check_pinned_versions()
     except VersionMismatch as error:
@@ -466,7 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
-    return _serve(args.host, args.port, args.only_dynamodb, args.dynamodb_nice, moto_patches, args.journal)
+    return _serve(
+        args.host,
+        args.port,
+        args.only_dynamodb,
+        args.dynamodb_nice,
+        moto_patches,
+        args.journal,
+        args.fault,
+        args.fault_seed,
+    )
 
 
 if __name__ == "__main__":

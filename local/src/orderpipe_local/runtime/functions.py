@@ -265,12 +265,20 @@ class EnvironmentSpec:
     stdout: Any  # an _InheritedStream here, the open file in the worker; None: the forkserver's
 
 
+def environment_process_name(function_id: str) -> str:
+    """`WriterFunction` -> `writer-env`: an execution environment's process name."""
+    return f"{function_id.removesuffix('Function').lower()}-env"[:15]
+
+
 def _serve_invocations(connection: Connection, spec: EnvironmentSpec) -> None:
     """A worker process: load the handler, say so, then invoke it with each event received
     until told to stop (None) or the pipeline goes away (its pipe closes)."""
     # The pipeline coordinates shutdown: Ctrl-C and SIGTERM are its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Named for ps and top (`writer-env`), and for tests that kill one: Linux's 15-character comm.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(environment_process_name(spec.function_id))
     try:
         os.nice(spec.nice)
         handler = _become_environment(spec)

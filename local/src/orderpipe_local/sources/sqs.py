@@ -13,6 +13,9 @@
 - Up to `ScalingConfig.MaximumConcurrency` batches are invoked at once (threads). One thread
   receives for all of them: moto hands a message to every ReceiveMessage that races for it,
   so concurrent receivers would only multiply duplicates.
+- `duplicate_deliveries` (a fault to inject, 0 to 1): that fraction of the messages is delivered
+  a second time, in a later batch, as SQS's at-least-once delivery may; whichever delivery
+  succeeds deletes the message.
 - While the function is unavailable (none of its execution environments can be started) nothing
   is received, so the messages' receive counts, which send them to the DLQ, are not spent on
   the outage; a batch received just before it is made visible again at once, uncounted as a
@@ -21,7 +24,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +77,8 @@ class SqsEventSource:
         *,
         max_concurrency: int | None = None,
         wait_seconds: int = 1,
+        duplicate_deliveries: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.function = function
         self.mapping = mapping
@@ -105,8 +112,13 @@ class SqsEventSource:
         self.queue_url, queue_name = self._queue_url(stack)
         self.name = f"{function.function_id} <- {queue_name}"
 
-        # `returned`: messages made visible again, not invoked, as the function was unavailable
-        self.counters = Counters(["batches", "succeeded", "failed", "filtered", "returned"])
+        # `returned`: messages made visible again, not invoked, as the function was unavailable;
+        # `duplicated`: messages delivered a second time (`duplicate_deliveries`)
+        self.counters = Counters(["batches", "succeeded", "failed", "filtered", "returned", "duplicated"])
+        self.duplicate_deliveries = duplicate_deliveries
+        self._draws = random.Random(f"{seed}:{self.queue_arn}")
+        self._duplicates: list[dict[str, Any]] = []  # copies waiting for a later batch
+        self._in_flight_duplicates: set[int] = set()  # id() of the copies being invoked
         self._stopping = threading.Event()
         self._slots = threading.Semaphore(self.concurrency)
         self._lock = threading.Condition()
@@ -212,7 +224,11 @@ class SqsEventSource:
 
     def _retry_failed_now(self) -> None:
         with self._lock:
-            handles = {message_id: self._unsettled[message_id] for message_id in self._awaiting_retry}
+            handles = {
+                message_id: self._unsettled[message_id]
+                for message_id in self._awaiting_retry
+                if message_id in self._unsettled  # not deleted meanwhile by a duplicate's success
+            }
             self._awaiting_retry.clear()
         self._make_visible(handles)
 
@@ -264,6 +280,10 @@ class SqsEventSource:
                 continue
             window_opened = time.monotonic()
             self._submit(batch)
+        with self._lock:  # copies not delivered yet are dropped: they were only copies
+            self._held -= len(self._duplicates)
+            self._duplicates = []
+            self._lock.notify_all()
         if self._carry:
             with self._lock:
                 batch, self._carry = self._carry, []
@@ -278,6 +298,12 @@ class SqsEventSource:
         """Up to BatchSize messages: what one receive brings once the window is over, else more."""
         with self._lock:
             batch, self._carry = self._carry, []
+            duplicates, self._duplicates = (
+                self._duplicates[: self.batch_size],
+                self._duplicates[self.batch_size :],
+            )
+            self._in_flight_duplicates.update(id(record) for record in duplicates)
+        batch = duplicates + batch
         size = sum(_record_size(record) for record in batch)
         while len(batch) < self.batch_size and not self._stopping.is_set():
             left = window_closes - time.monotonic()
@@ -301,6 +327,7 @@ class SqsEventSource:
                 (passed if self.filter.matches(record) else rejected).append(record)
             if rejected:
                 self._drop_filtered(rejected)
+            self._copy_some(passed)
             for record in passed:
                 if batch and size + _record_size(record) > INVOKE_PAYLOAD_LIMIT:
                     with self._lock:
@@ -311,6 +338,26 @@ class SqsEventSource:
             if self._carry:
                 break
         return batch
+
+    def _copy_some(self, records: list[dict[str, Any]]) -> None:
+        """Keep a copy of `duplicate_deliveries` of the records for a later batch (held, like the
+        messages received, so that a drain waits for them)."""
+        if not self.duplicate_deliveries:
+            return
+        copies = []
+        for record in records:
+            if self._draws.random() < self.duplicate_deliveries:
+                copy = json.loads(json.dumps(record))
+                attributes = copy["attributes"]
+                attributes["ApproximateReceiveCount"] = str(
+                    int(attributes.get("ApproximateReceiveCount", 1)) + 1
+                )
+                copies.append(copy)
+        if copies:
+            with self._lock:
+                self._duplicates.extend(copies)
+                self._held += len(copies)
+            self.counters.add("duplicated", len(copies))
 
     def _receive(self, count: int, wait: int) -> list[dict[str, Any]]:
         """Messages as ReceiveMessage's JSON has them (binary values base64-encoded)."""
@@ -377,10 +424,17 @@ class SqsEventSource:
             if done:
                 self._delete(done)
             with self._lock:
-                self._awaiting_retry.update(failed)
+                # A copy's failure is not the message's: its own delivery decides what comes back.
+                self._awaiting_retry.update(
+                    record["messageId"]
+                    for record in batch
+                    if record["messageId"] in failed and id(record) not in self._in_flight_duplicates
+                )
         except Exception:
             log.exception("%s: applying the result of a batch failed", self.name)
         finally:
+            with self._lock:
+                self._in_flight_duplicates.difference_update(id(record) for record in batch)
             self._release(len(batch))
             self._slots.release()
 
