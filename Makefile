@@ -9,7 +9,7 @@ SAM_ENV := SAM_CLI_TELEMETRY=0 $(if $(SAM_PYENV),PYENV_VERSION=$(shell python3 -
 
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: dev lock run test lint typecheck validate check-template build pytest unit integration e2e bench bench-compare chaos format clean
+.PHONY: dev lock run test lint typecheck validate check-template build pytest unit integration e2e bench bench-lambda bench-compare chaos format clean
 
 # The virtual environment is made anew from the lock whenever the lock or a pyproject changes, so
 # it holds exactly what requirements/dev.lock pins (hash-checked), plus this repo's two packages.
@@ -71,6 +71,10 @@ check-template: dev $(CHECKOV_VENV)/.installed
 
 build: dev
 	$(SAM_ENV) $(BIN)/sam build --parallel
+
+# What the functions cost in Lambda against the floor (bare boto3), and per million orders: bench/lambda_bench.py.
+bench-lambda: build
+	$(SAM_ENV) $(PY) bench/lambda_bench.py
 
 # Two suites, each with its own rootdir: the product's (tests/) and the runner's (local/tests/).
 pytest: dev

@@ -41,6 +41,7 @@ from typing import IO, Any, Self
 
 import urllib3
 
+from orderpipe_local.moto.call_log import CallLog, call_log_directory
 from orderpipe_local.moto.faults import FaultError, FaultInjector, FaultList, parse_fault
 from orderpipe_local.moto.journal import MessageJournal
 from orderpipe_local.moto.patches import apply_moto_patches, selected_patches
@@ -397,7 +398,7 @@ def _serve(
 
     # moto's app as moto's own server builds it, served on connections that stay open.
     # Faults in front of it all; the DynamoDB process applies those of the calls it is passed.
-    app = FaultInjector(
+    app: WsgiApp = FaultInjector(
         JsonProtocolRoutes(
             DomainDispatcherApplication(create_backend_app),
             dynamodb.url if dynamodb is not None else None,
@@ -407,6 +408,8 @@ def _serve(
         passed_on=DYNAMODB_SERVICES if dynamodb is not None else (),
         peer=dynamodb.url if dynamodb is not None else None,
     )
+    if (calls := call_log_directory()) is not None:
+        app = CallLog(app, calls, passed_on=DYNAMODB_SERVICES if dynamodb is not None else ())
     try:
         server = WsgiServer(app, host, port)
     except OSError as error:
