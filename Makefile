@@ -69,8 +69,19 @@ check-template: dev $(CHECKOV_VENV)/.installed
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f .aws-sam/transformed.json
 
+# After sam build, each built function loses what the Lambda runtime provides (boto3, and the
+# botocore that the X-Ray SDK pulls in, which would override the runtime's under the runtime's
+# boto3) and gets its bytecode, compiled by the runtime's Python: a function folder is read-only
+# in Lambda, so without .pyc files every cold start compiles every module it imports. The .pyc
+# are not checked against the sources' mtimes (zip keeps them to 2 s). `sam deploy` ships
+# .aws-sam/build as it is, so deploy after `make build`, not after a bare `sam build`.
+RUNTIME_PROVIDED := boto3 botocore s3transfer jmespath dateutil six.py urllib3 \
+	boto3-*.dist-info botocore-*.dist-info s3transfer-*.dist-info jmespath-*.dist-info jmespath-*.data \
+	python_dateutil-*.dist-info six-*.dist-info urllib3-*.dist-info
 build: dev
 	$(SAM_ENV) $(BIN)/sam build --parallel
+	for function in .aws-sam/build/*/; do (cd $$function && rm -rf $(RUNTIME_PROVIDED)); done
+	$(SAM_ENV) python3.13 -m compileall -q -j 0 --invalidation-mode unchecked-hash .aws-sam/build/*/
 
 # What the functions cost in Lambda against the floor (bare boto3), and per million orders: bench/lambda_bench.py.
 bench-lambda: build
