@@ -40,7 +40,7 @@ from aws_lambda_powertools.utilities.parser.models import (
 from pydantic import model_validator
 
 from orderpipe.aws import clients
-from orderpipe.aws.orders_table import TRANSACTION_LIMIT
+from orderpipe.aws.orders_table import MARK_CONCURRENCY
 from orderpipe.aws.orders_topic import PublishOutcomeUnknown, TopicUnavailable
 from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order, OrderStatus
@@ -201,10 +201,10 @@ def _stopped_after(announced: list[str], not_sent: Sequence[SupportEmail]) -> An
 
 
 def _time_to_send(email: SupportEmail) -> float:
-    """The longest a publish and the marking of its orders can take (a transaction per 100)."""
+    """The longest a publish and the marking of its orders can take (MARK_CONCURRENCY updates at once)."""
     current = settings()
-    transactions = math.ceil(len(email.order_ids) / TRANSACTION_LIMIT)
-    return current.sns_publish_budget_seconds + transactions * current.aws_call_budget_seconds
+    rounds = math.ceil(len(email.order_ids) / MARK_CONCURRENCY)
+    return current.sns_publish_budget_seconds + rounds * current.aws_call_budget_seconds
 
 
 def _mark_notified(order_ids: Sequence[str], deadline: Deadline) -> None:

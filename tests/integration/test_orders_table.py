@@ -21,18 +21,38 @@ def placed_orders(count: int) -> list[Order]:
     return orders
 
 
-def test_marking_more_orders_than_one_transaction_holds_marks_them_all(stack: Stack) -> None:
-    # Given 150 stored orders (two transactions' worth)
+def test_marking_many_orders_marks_each_with_one_conditional_update(stack: Stack) -> None:
+    # Given 150 stored orders (more than MARK_CONCURRENCY), and every call to the table recorded
     orders = placed_orders(150)
     ids = [order.order_id for order in orders]
+    table = clients.orders_table()
+    calls: list[str] = []
+    table.client.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: calls.append(model.name), unique_id="record-calls"
+    )
 
     # When
-    result = clients.orders_table().mark_all_notified(ids)
+    result = table.mark_all_notified(ids)
 
-    # Then
+    # Then all are marked, each by one UpdateItem (a write unit; a transaction would bill two)
     assert sorted(result.marked) == sorted(ids)
     assert result.not_placed == result.failed == []
-    assert clients.orders_table().notified_order_ids(ids) == set(ids)
+    assert calls == ["UpdateItem"] * len(ids)
+    assert table.notified_order_ids(ids) == set(ids)
+
+
+def test_marking_starts_no_request_once_none_fits_in_the_time_left(stack: Stack) -> None:
+    # Given 3 stored orders, and time for the first request only
+    ids = [order.order_id for order in placed_orders(3)]
+    time_left = iter([True, False, False])
+
+    # When
+    result = clients.orders_table().mark_all_notified(ids, time_for_a_request=lambda: next(time_left))
+
+    # Then one is marked, the others are failed and still PLACED
+    assert len(result.marked) == 1
+    assert sorted(result.failed) == sorted(set(ids) - set(result.marked))
+    assert clients.orders_table().notified_order_ids(ids) == set(result.marked)
 
 
 def test_an_order_already_notified_is_reported_and_the_others_are_still_marked(stack: Stack) -> None:
@@ -41,7 +61,7 @@ def test_an_order_already_notified_is_reported_and_the_others_are_still_marked(s
     assert clients.orders_table().mark_notified(second)
     never_stored = "00000000-0000-4000-8000-000000000000"
 
-    # When (the transaction is refused, so each order is marked on its own)
+    # When
     result = clients.orders_table().mark_all_notified([first, second, third, never_stored])
 
     # Then

@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 
 from orderpipe.aws.orders_queue import OrdersQueue
-from orderpipe.aws.orders_table import OrdersTable
+from orderpipe.aws.orders_table import MARK_CONCURRENCY, OrdersTable
 from orderpipe.aws.orders_topic import OrdersTopic
 from orderpipe.settings import Settings, settings
 
@@ -24,20 +24,26 @@ if TYPE_CHECKING:
 
 
 def client_config(
-    current: Settings, *, read_timeout: float | None = None, max_attempts: int | None = None
+    current: Settings,
+    *,
+    read_timeout: float | None = None,
+    max_attempts: int | None = None,
+    max_pool_connections: int = 10,
 ) -> Config:
     """Bounded timeouts, and botocore's standard retries (backoff with jitter, a retry quota)."""
     return Config(
         connect_timeout=current.AWS_CONNECT_TIMEOUT_SECONDS,
         read_timeout=read_timeout or current.AWS_READ_TIMEOUT_SECONDS,
         retries={"mode": "standard", "total_max_attempts": max_attempts or current.AWS_MAX_ATTEMPTS},
+        max_pool_connections=max_pool_connections,
     )
 
 
 @cache
 def orders_table() -> OrdersTable:
     current = settings()
-    return OrdersTable(current.orders_table_name, boto3.client("dynamodb", config=client_config(current)))
+    config = client_config(current, max_pool_connections=MARK_CONCURRENCY)
+    return OrdersTable(current.orders_table_name, boto3.client("dynamodb", config=config))
 
 
 @cache

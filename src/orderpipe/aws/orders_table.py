@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 _BATCH_GET_LIMIT = 100  # keys per BatchGetItem request
-TRANSACTION_LIMIT = 100  # actions per TransactWriteItems request
+# Conditional UpdateItems in flight at once when marking orders NOTIFIED: a batch of 500 takes as
+# long as 5 requests one after the other, and the client's connection pool holds as many.
+MARK_CONCURRENCY = 100
 
 
 class StorageError(RuntimeError):
@@ -42,6 +45,7 @@ class OrdersTable:
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
         self.table_name = table_name
         self.client: DynamoDBClient = client or boto3.client("dynamodb")
+        self._markers: ThreadPoolExecutor | None = None  # started on first use, kept while warm
 
     def put_new_order(self, order: Order) -> bool:
         """Store the order unless an item with its orderId exists. True if it was stored now."""
@@ -112,36 +116,33 @@ class OrdersTable:
         *,
         time_for_a_request: Callable[[], bool] = lambda: True,
     ) -> MarkedOrders:
-        """PLACED -> NOTIFIED for many orders, a transaction of up to 100 per request.
+        """PLACED -> NOTIFIED for many orders: a conditional UpdateItem each, MARK_CONCURRENCY at once.
 
-        A batch of 500 orders takes 5 requests, not 500. Should a transaction fail (one order no
-        longer PLACED, a throttle, no answer), its orders are marked one by one instead, for as
-        long as `time_for_a_request()` says another request fits; the rest are `failed`.
-        Never raises: the caller has sent the email, and must not be made to send it again.
+        One write unit per order (an item up to 1 KB); a transaction would bill two. Each request
+        starts only while `time_for_a_request()` says it fits; the orders left, and those
+        DynamoDB refused, are `failed`. Never raises: the caller has sent the email, and must not
+        be made to send it again.
         """
         at = at or datetime.now(UTC)
-        result = MarkedOrders()
-        for chunk in _chunks(list(dict.fromkeys(order_ids)), TRANSACTION_LIMIT):
+        unique = list(dict.fromkeys(order_ids))
+
+        def mark(order_id: str) -> str:
             if not time_for_a_request():
-                result.failed.extend(chunk)
-                continue
+                return "failed"
             try:
-                self.client.transact_write_items(
-                    TransactItems=[{"Update": self._notified_update(order_id, at)} for order_id in chunk]
-                )
-            except (ClientError, BotoCoreError):
-                for order_id in chunk:
-                    if not time_for_a_request():
-                        result.failed.append(order_id)
-                        continue
-                    try:
-                        marked = self.mark_notified(order_id, at)
-                    except StorageError:
-                        result.failed.append(order_id)
-                        continue
-                    (result.marked if marked else result.not_placed).append(order_id)
-            else:
-                result.marked.extend(chunk)
+                return "marked" if self.mark_notified(order_id, at) else "not_placed"
+            except StorageError:
+                return "failed"
+
+        if len(unique) <= 1:
+            outcomes = [mark(order_id) for order_id in unique]
+        else:
+            if self._markers is None:
+                self._markers = ThreadPoolExecutor(MARK_CONCURRENCY, thread_name_prefix="mark-notified")
+            outcomes = list(self._markers.map(mark, unique))
+        result = MarkedOrders()
+        for order_id, outcome in zip(unique, outcomes, strict=True):
+            getattr(result, outcome).append(order_id)
         return result
 
     def _notified_update(self, order_id: str, at: datetime) -> Any:
