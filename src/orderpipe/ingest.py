@@ -265,7 +265,8 @@ def accept_order(
     order = Order.accept(request, order_id=order_id, customer_id=customer_id)
     logger.set_correlation_id(order.order_id)
     clients.orders_queue().enqueue(order)
-    logger.info("order accepted", extra={"order_id": order.order_id, "items": len(order.items)})
+    # At DEBUG: the writer's batch line names every order stored (CloudWatch Logs bills every byte).
+    logger.debug("order accepted", extra={"order_id": order.order_id, "items": len(order.items)})
     metrics.add_metric(name="OrdersAccepted", unit=MetricUnit.Count, value=1)
     return OrderAccepted(order_id=order.order_id)
 

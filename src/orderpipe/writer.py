@@ -65,10 +65,10 @@ def store_queued_order(record: QueuedOrder) -> bool:
     stored = clients.orders_table().put_new_order(order)
     if stored:
         metrics.add_metric(name="OrdersStored", unit=MetricUnit.Count, value=1)
-        logger.info("Order stored", extra={"message_id": record.messageId})
+        logger.debug("Order stored", extra={"message_id": record.messageId})
     else:
         metrics.add_metric(name="DuplicateOrders", unit=MetricUnit.Count, value=1)
-        logger.info(
+        logger.debug(
             "Order already stored; duplicate delivery ignored", extra={"message_id": record.messageId}
         )
     return stored
@@ -87,9 +87,28 @@ def store_queued_orders(
     processor = OrderBatchProcessor(
         event_type=EventType.SQS, model=QueuedOrder, raise_on_entire_batch_failure=False
     )
+    stored: list[str] = []
+    duplicates: list[str] = []
+
+    def store(record: QueuedOrder) -> bool:
+        was_stored = store_queued_order(record)
+        (stored if was_stored else duplicates).append(record.body.order_id)
+        return was_stored
+
     try:
-        return process_partial_response(
-            event=event, record_handler=store_queued_order, processor=processor, context=context
+        response = process_partial_response(
+            event=event, record_handler=store, processor=processor, context=context
         )
     finally:
         logger.set_correlation_id(None)
+    # One line per batch at INFO (CloudWatch Logs bills every byte); per order at DEBUG.
+    logger.info(
+        "Orders stored",
+        extra={
+            "stored": len(stored),
+            "duplicates": len(duplicates),
+            "failed": len(response["batchItemFailures"]),
+            "order_ids": stored,
+        },
+    )
+    return response

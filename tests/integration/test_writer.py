@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -344,3 +345,20 @@ def test_a_poison_message_reaches_orders_dlq_after_max_receive_count_and_the_ord
     assert sqs.receive_message(QueueUrl=queue_url).get("Messages", []) == []
     dead = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
     assert [message["Body"] for message in dead] == [record_with_id(fixture, POISON_MESSAGE_ID)["body"]]
+
+
+def test_a_batch_is_logged_in_one_line_at_info_naming_each_order_stored(
+    writer: Handler, lambda_context: LocalLambdaContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given the fixture batch: three orders, a duplicate delivery and a poison message
+    event = load_event("writer-sqs-batch.json")
+
+    # When
+    writer(event, lambda_context)
+
+    # Then its INFO line is the batch's one (the poison message has its warning)
+    info = [record for record in caplog.records if record.levelno == logging.INFO]
+    assert [record.getMessage() for record in info] == ["Orders stored"]
+    assert sorted(getattr(info[0], "order_ids", [])) == sorted(VALID_ORDER_IDS)
+    assert (getattr(info[0], "stored", None), getattr(info[0], "duplicates", None)) == (3, 1)
+    assert getattr(info[0], "failed", None) == 1
