@@ -202,6 +202,7 @@ class Bench:
     runtime: Path
     table: str
     setup: Any = field(repr=False)
+    traced: set[str] = field(default_factory=set)
 
     def environment(self, function: str, folder: Path) -> dict[str, str]:
         function_id = FUNCTIONS[function]
@@ -225,7 +226,10 @@ class Bench:
             "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
             "LAMBDA_TASK_ROOT": str(folder),
             "_HANDLER": str(properties["Handler"]),
-            "_X_AMZN_TRACE_ID": "Root=1-6750a1b2-0123456789abcdef01234567;Parent=0123456789abcdef;Sampled=1",
+            # As Lambda sets it: sampled under Tracing: Active, not under PassThrough (nothing
+            # upstream of these functions samples).
+            "_X_AMZN_TRACE_ID": "Root=1-6750a1b2-0123456789abcdef01234567;Parent=0123456789abcdef;"
+            f"Sampled={int(function in self.traced)}",
             "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
             "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
         }
@@ -325,7 +329,7 @@ def local_stack(python: str) -> Iterator[Bench]:
         )
         setup = session.client("dynamodb", endpoint_url=endpoint.url_for("dynamodb"))
         table = stack.ref("OrdersTable")
-        yield Bench(python, stack, endpoint, runtime_boto3(python), table, setup)
+        yield Bench(python, stack, endpoint, runtime_boto3(python), table, setup, traced_functions())
 
 
 def prod_overrides() -> dict[str, str]:
@@ -431,6 +435,10 @@ def count_billed_calls(orders: int, workers: int) -> Billed:
     billed = Billed(orders=orders)
     overrides = prod_overrides()
     overrides.pop("Stage", None)  # the local stack stays dev's; prod's batch and email settings apply
+    # Full batches are invoked at once whatever the window; a longer one would only make the run
+    # wait for its last partial batch. The dollars use prod's window.
+    window = min(float(overrides["NotifierBatchingWindowSeconds"]), 30.0)
+    overrides["NotifierBatchingWindowSeconds"] = f"{window:g}"
     with tempfile.TemporaryDirectory(dir=WORK) as directory:
         folder = Path(directory)
         os.environ[CALL_LOG_VARIABLE] = str(folder / "calls")

@@ -643,14 +643,14 @@ EXPECTED_ENVIRONMENT: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("function_id", FUNCTIONS)
-def test_function_runs_python313_on_arm64_with_tracing_and_its_own_log_group(
+def test_function_runs_python313_on_arm64_untraced_unless_sampled_upstream_with_its_own_log_group(
     template: Template, function_id: str
 ) -> None:
     function = properties(template, function_id)
 
     assert function["Runtime"] == "python3.13"
     assert function["Architectures"] == ["arm64"]
-    assert function["TracingConfig"] == {"Mode": "Active"}
+    assert function["TracingConfig"] == {"Mode": "PassThrough"}
     assert function["LoggingConfig"] == {"LogGroup": ref(function_id.replace("Function", "LogGroup"))}
 
 
