@@ -85,6 +85,8 @@ PRICES = {
     "log_gb_ingested": 0.50,
     "xray_trace": 5.00 / 1e6,
 }
+# An order id in a batch's log line: 36 characters, quotes, comma and space.
+ID_LOG_BYTES = 40
 # CloudWatch Logs bills each event's bytes plus 26 bytes of metadata.
 LOG_EVENT_OVERHEAD = 26
 # Lambda's own lines per invocation (START, END, REPORT with X-Ray), as it writes them.
@@ -589,9 +591,9 @@ def dollars_per_million(
 ) -> dict[str, float]:
     """Dollars for 1M orders.
 
-    Per order, from the run: API requests, SendMessage requests, DynamoDB units, the functions'
-    log bytes (ingest's lines are per order; the writer's and notifier's per batch, scaled by
-    the scenario's batch counts), email bytes. Per batch, from the scenario's batch sizes:
+    Per order, from the run: API requests, SendMessage requests, DynamoDB units, ingest's log
+    bytes, email bytes; the writer's and notifier's log bytes per batch (a part per batch and
+    the ids of its orders), scaled to the scenario's batches. Per batch, from the scenario's batch sizes:
     - flash sale: every batch full (BatchSize); SQS receives and deletes per order as counted;
     - trickle: 1M orders evenly over 30 days; a batch opens with its first record and takes
       what arrives within the batching window: 1 + rate x window records (at most BatchSize);
@@ -632,13 +634,14 @@ def dollars_per_million(
     email_bytes = billed.email_bytes / n * sizes["notifier"]
     emails = invocations["notifier"] * max(1, math.ceil(email_bytes / (256 * 1024)))
     cost["SNS"] = emails * (PRICES["sns_email"] + PRICES["sns_publish"])
-    log_bytes = 0.0
-    for function, count in invocations.items():
-        per_invocation = billed.log_bytes_by_service[function] / max(1, billed.invocations[function])
-        if function == "ingest":
-            log_bytes += million * billed.log_bytes_by_service[function] / n
-        else:
-            log_bytes += count * per_invocation
+    log_bytes = million * billed.log_bytes_by_service["ingest"] / n
+    # A batch's lines: a part of their own, and the ids of its orders (ID_LOG_BYTES each, in one
+    # writer line, in two notifier lines: the email sent and the orders marked).
+    for function, mentions in (("writer", 1), ("notifier", 2)):
+        batches = max(1, billed.invocations[function])
+        ids = ID_LOG_BYTES * mentions
+        fixed = (billed.log_bytes_by_service[function] - ids * n) / batches
+        log_bytes += invocations[function] * (max(0.0, fixed) + ids * sizes[function])
     platform_bytes = sum(len(line) + LOG_EVENT_OVERHEAD for line in PLATFORM_LINES)
     log_bytes += sum(invocations.values()) * platform_bytes
     log_bytes += million * (len(ACCESS_LOG_LINE) + LOG_EVENT_OVERHEAD)
