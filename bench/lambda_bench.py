@@ -214,8 +214,9 @@ class Bench:
             for name, value in self.stack.function_environment(function_id).items()
             if name != "AWS_ENDPOINT_URL"
         }
-        variables |= aws_environment(self.endpoint.url, "us-east-1", self.endpoint.service_urls)
-        variables.pop("POWERTOOLS_TRACE_DISABLED", None)
+        aws = aws_environment(self.endpoint.url, "us-east-1", self.endpoint.service_urls)
+        aws.pop("POWERTOOLS_TRACE_DISABLED", None)  # the template's own setting applies
+        variables = aws | variables
         return {
             "PATH": os.environ.get("PATH", ""),
             "LANG": "C.UTF-8",

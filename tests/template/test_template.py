@@ -651,6 +651,8 @@ def test_function_runs_python313_on_arm64_untraced_unless_sampled_upstream_with_
     assert function["Runtime"] == "python3.13"
     assert function["Architectures"] == ["arm64"]
     assert function["TracingConfig"] == {"Mode": "PassThrough"}
+    # Nothing upstream samples: the Tracer would only cost time
+    assert function["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] == "true"
     assert function["LoggingConfig"] == {"LogGroup": ref(function_id.replace("Function", "LogGroup"))}
 
 
