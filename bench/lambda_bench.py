@@ -595,11 +595,11 @@ def dollars_per_million(
     Per order, from the run: API requests, SendMessage requests, DynamoDB units, ingest's log
     bytes, email bytes; the writer's and notifier's log bytes per batch (a part per batch and
     the ids of its orders), scaled to the scenario's batches. Per batch, from the scenario's batch sizes:
-    - flash sale: every batch full (BatchSize); SQS receives and deletes per order as counted;
+    - flash sale: every batch full (BatchSize), orders at prod's API rate limit (2,000/s);
     - trickle: 1M orders evenly over 30 days; a batch opens with its first record and takes
-      what arrives within the batching window: 1 + rate x window records (at most BatchSize);
-      a writer batch of n messages costs ceil(n/10) receives and ceil(n/10) deletes, and the
-      queue's idle long polls (5 pollers, 20 s each) are added.
+      what arrives within the batching window: 1 + rate x window records (at most BatchSize),
+      and the queue's idle long polls (5 pollers, 20 s each) are added.
+    A writer batch of n messages costs ceil(n/10) receives and ceil(n/10) deletes.
     Emails per notifier batch: its orders' email bytes over SNS's 256 KB limit, rounded up.
     Duration: the measured warm wall time per order times the batch size (the local endpoint
     answers about as fast as AWS in-region), at least the CPU time scaled to the memory size
@@ -624,10 +624,10 @@ def dollars_per_million(
         gb_seconds += count * seconds * memory[function] / 1024
     cost["Lambda duration"] = gb_seconds * PRICES["lambda_arm64_gb_second"]
     sends = billed.operations["sqs:SendMessage"] / n * million
-    if scenario == "flash":
-        polling = (billed.sqs_requests - billed.operations["sqs:SendMessage"]) / n * million
-    else:
-        polling = invocations["writer"] * 2 * math.ceil(sizes["writer"] / 10)
+    # Lambda's poller, not the local one (whose receives are printed as counted): a batch of n
+    # messages takes ceil(n/10) receives and as many deletes.
+    polling = invocations["writer"] * 2 * math.ceil(sizes["writer"] / 10)
+    if scenario == "trickle":
         polling += SQS_IDLE_RECEIVES_PER_SECOND * TRICKLE_SECONDS
     cost["SQS"] = (sends + polling) * PRICES["sqs_request"]
     cost["DynamoDB writes"] = billed.write_units / n * million * PRICES["dynamodb_write_unit"]
