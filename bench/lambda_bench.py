@@ -220,7 +220,7 @@ class Bench:
         return {
             "PATH": os.environ.get("PATH", ""),
             "LANG": "C.UTF-8",
-            "PYENV_VERSION": os.environ.get("BENCH_PYENV_VERSION", "3.13.0"),
+            "PYENV_VERSION": os.environ.get("PYENV_VERSION", ""),  # how pyenv finds --python
             **variables,
             "PYTHONPATH": f"{folder}:{self.runtime}",
             "PYTHONDONTWRITEBYTECODE": "1",
