@@ -331,6 +331,22 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "ApproximateAgeOfOldestMessage",
         {"QueueName": get_att("EmailSubscriptionsDLQ", "QueueName")},
     ),
+    "EmailSubscriptionsDLQDepthAlarm": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        {"QueueName": get_att("EmailSubscriptionsDLQ", "QueueName")},
+    ),
+    # Deliveries SNS gave up on, the support email's and the alarm email's.
+    "OrdersTopicFailedNotificationsAlarm": (
+        "AWS/SNS",
+        "NumberOfNotificationsFailed",
+        {"TopicName": get_att("OrdersTopic", "TopicName")},
+    ),
+    "AlarmTopicFailedNotificationsAlarm": (
+        "AWS/SNS",
+        "NumberOfNotificationsFailed",
+        {"TopicName": get_att("AlarmTopic", "TopicName")},
+    ),
     # The notifier's own EMF metric: an order was emailed but is still PLACED.
     "NotifiedOrdersNotMarkedAlarm": (
         "Orderpipe",
