@@ -564,8 +564,11 @@ def move_messages(
     result = MoveResult(source_id, destination_id, "receive, send, delete")
     deadline = time.monotonic() + timeout
     announced_in_flight = False
+    # What is there now, as StartMessageMoveTask moves it: a message that fails again and comes
+    # back meanwhile waits for the next move instead of going round for ever.
+    to_move = queue_depth(sqs, source_url).total
     with DeferredSignals().installed() as signals:
-        while signals.received is None and time.monotonic() < deadline:
+        while signals.received is None and result.moved < to_move and time.monotonic() < deadline:
             messages = sqs.receive_message(
                 QueueUrl=source_url,
                 MaxNumberOfMessages=10,
@@ -577,7 +580,6 @@ def move_messages(
             if not messages:
                 depth = queue_depth(sqs, source_url)
                 if depth.total == 0:
-                    journal.remove()
                     break
                 if depth.in_flight and not announced_in_flight:
                     # Received by a run that was killed: they come back after its visibility timeout.
@@ -588,12 +590,14 @@ def move_messages(
                 time.sleep(1.0)
                 continue
             for index, message in enumerate(messages):
-                if signals.received is not None:
+                if signals.received is not None or result.moved >= to_move:
                     _release(sqs, source_url, messages[index:])
                     break
                 _move_one(sqs, message, destination_url, source_url, journal, result)
     result.interrupted = signals.received is not None
     result.left = queue_depth(sqs, source_url).total
+    if result.left == 0:
+        journal.remove()
     return result
 
 
