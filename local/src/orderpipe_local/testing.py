@@ -9,6 +9,7 @@ import email.policy
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,34 @@ def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
         time.sleep(0.1)
     state = json.loads(state_file.read_text())
     return RunningPipeline(process, state["api_url"], state["endpoint_url"], outbox, state, output)
+
+
+_NOTIFIER_RETRY_QUEUE = """
+  NotifierRetryQueue:
+    Type: AWS::SQS::Queue
+    Properties:
+      SqsManagedSseEnabled: true
+      RedrivePolicy:
+        deadLetterTargetArn: !GetAtt NotifierDLQ.Arn
+        maxReceiveCount: 3
+
+"""
+
+
+def template_with_notifier_retry_queue(folder: Path) -> Path:
+    """template.yaml with the notifier's failures sent to a retry queue that redrives to
+    NotifierDLQ (the shape of issue 11's automatic replay), unless it has one already."""
+    text = (ROOT / "template.yaml").read_text()
+    if "NotifierRetryQueue:" not in text:
+        text = text.replace(
+            "Destination: !GetAtt NotifierDLQ.Arn", "Destination: !GetAtt NotifierRetryQueue.Arn"
+        )
+        text = text.replace(
+            "  # Emails SNS could not deliver", _NOTIFIER_RETRY_QUEUE + "  # Emails SNS could not deliver", 1
+        )
+    (folder / "template.yaml").write_text(text)
+    shutil.copy(ROOT / "samconfig.toml", folder / "samconfig.toml")
+    return folder / "template.yaml"
 
 
 # --- the processes of a running pipeline (Linux /proc) -----------------------------------------
