@@ -19,7 +19,7 @@ from moto.sns.models import sns_backends
 from orderpipe_local.moto.endpoint import AwsEndpoint
 from orderpipe_local.operate import dlq
 from orderpipe_local.operate.doctor import Check, run_checks
-from orderpipe_local.operate.stack import OperatedStack
+from orderpipe_local.operate.stack import OperatedStack, deployed_stack
 from orderpipe_local.sources.email_outbox import EMAILS_PER_SECOND, REFUSALS_FILE, EmailOutbox
 from orderpipe_local.stack.provision import Stack, provision_stack
 from orderpipe_local.stack.template import ACCOUNT_ID, Template, load_template
@@ -390,3 +390,38 @@ def test_refusals_of_an_outbox_start_from_zero(local: OperatedStack) -> None:
     outbox.stop()
 
     assert json.loads((local.outbox / REFUSALS_FILE).read_text())["refused"] == 0
+
+
+# --- a deployed stack, found through CloudFormation -------------------------------------------
+
+DEPLOYED_TEMPLATE = """
+Resources:
+  OrdersQueue:
+    Type: AWS::SQS::Queue
+    Properties:
+      RedrivePolicy:
+        deadLetterTargetArn: !GetAtt OrdersDLQ.Arn
+        maxReceiveCount: 5
+  OrdersDLQ:
+    Type: AWS::SQS::Queue
+"""
+
+
+def test_stack_name_finds_the_dlqs_through_cloudformation_s_template_and_resources() -> None:
+    # Given a stack CloudFormation created (its queues have generated names)
+    with mock_aws():
+        cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+        cloudformation.create_stack(StackName="orderpipe-test", TemplateBody=DEPLOYED_TEMPLATE)
+        stack = deployed_stack("orderpipe-test", "us-east-1")
+        send(stack, "OrdersDLQ", order_bodies(1))
+
+        # When its DLQs are listed
+        (report,) = dlq.list_dlqs(stack)
+
+    # Then OrdersDLQ is found by its physical id, with OrdersQueue's redrive and its message
+    assert not stack.local
+    assert report.name.startswith("orderpipe-test-OrdersDLQ-")
+    assert report.dlq.redriven_from == ["OrdersQueue"]
+    assert report.depth.visible == 1
+    # (no WriterFunction consumes this stack's queue, so its messages are not read as orders)
+    assert report.peeked[0].reason.startswith('a message of OrdersQueue: {"orderId": ')
