@@ -424,4 +424,4 @@ def test_stack_name_finds_the_dlqs_through_cloudformation_s_template_and_resourc
     assert report.dlq.redriven_from == ["OrdersQueue"]
     assert report.depth.visible == 1
     # (no WriterFunction consumes this stack's queue, so its messages are not read as orders)
-    assert report.peeked[0].reason.startswith('a message of OrdersQueue: {"orderId": ')
+    assert report.peeked[0].reason.startswith('a message of OrdersQueue: {"customer": ')
