@@ -282,11 +282,12 @@ def stream_failure_reason(record: Mapping[str, Any]) -> str:
     condition = request.get("condition", "unknown condition")
     error = response.get("functionError")
     invokes = request.get("approximateInvokeCount")
+    size = batch.get("batchSize", "?")
     return (
         f"stream batch given up ({condition}"
         + (f", function error {error}" if error else "")
         + (f", {invokes} invocations" if invokes else "")
-        + f"): {batch.get('batchSize', '?')} records of shard {batch.get('shardId', '?')}, "
+        + f"): {size} record{'' if size == 1 else 's'} of shard {batch.get('shardId', '?')}, "
         f"sequence numbers {batch.get('startSequenceNumber', '?')} to {batch.get('endSequenceNumber', '?')}"
     )
 
