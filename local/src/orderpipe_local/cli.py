@@ -553,6 +553,8 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _operated_stack(args: argparse.Namespace, command: str) -> OperatedStack | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from orderpipe_local.operate.stack import StackNotFound, deployed_stack, local_stack
 
     try:
@@ -561,7 +563,7 @@ def _operated_stack(args: argparse.Namespace, command: str) -> OperatedStack | N
         config = _config(args)
         assert config.state_file is not None
         return local_stack(config.root, config.state_file)
-    except (StackNotFound, TemplateError) as error:
+    except (StackNotFound, TemplateError, BotoCoreError, ClientError) as error:
         print(f"orderpipe {command}: {error}", file=sys.stderr)
         return None
 

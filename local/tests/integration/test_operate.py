@@ -425,3 +425,26 @@ def test_stack_name_finds_the_dlqs_through_cloudformation_s_template_and_resourc
     assert report.depth.visible == 1
     # (no WriterFunction consumes this stack's queue, so its messages are not read as orders)
     assert report.peeked[0].reason.startswith('a message of OrdersQueue: {"customer": ')
+
+
+def test_list_does_not_peek_a_retry_queue_whose_receives_count_towards_its_redrive(
+    endpoint: AwsEndpoint, tmp_path: Path
+) -> None:
+    # Given a failure record waiting in the notifier's retry queue
+    reset(endpoint)
+    template = load_template(template_with_notifier_retry_queue(tmp_path))
+    stack = operated(template, provision_stack(template, endpoint_url=endpoint.url), tmp_path)
+    send(stack, "NotifierRetryQueue", [json.dumps({"DDBStreamBatchInfo": {"batchSize": 1}})])
+
+    # When the DLQs are listed
+    reports = {report.dlq.logical_id: report for report in dlq.list_dlqs(stack)}
+    lines = dlq.format_reports(list(reports.values()))
+
+    # Then its depth shows, but it was not received: its receive count is untouched
+    assert reports["NotifierRetryQueue"].depth.visible == 1
+    assert reports["NotifierRetryQueue"].peeked == []
+    assert "  not peeked: it redrives after 3 receives itself, and a peek is one" in lines
+    (message,) = stack.client("sqs").receive_message(
+        QueueUrl=stack.physical_id("NotifierRetryQueue"), AttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert message["Attributes"]["ApproximateReceiveCount"] == "1"  # this receive is its first

@@ -377,6 +377,8 @@ class DlqReport:
     name: str
     depth: QueueDepth
     peeked: list[FailedMessage] = field(default_factory=list)
+    # A DLQ that redrives elsewhere itself (a retry queue) is not peeked: each receive counts.
+    redrives_after: int | None = None
 
     def oldest_age(self, now: datetime) -> float | None:
         sent = [m.sent_at for m in self.peeked if m.sent_at is not None]
@@ -404,7 +406,10 @@ def list_dlqs(stack: OperatedStack, peek_count: int = 10) -> list[DlqReport]:
         url = stack.physical_id(dlq.logical_id)
         depth = queue_depth(sqs, url)
         report = DlqReport(dlq, url.rstrip("/").rsplit("/", 1)[-1], depth)
-        if depth.visible and peek_count > 0:
+        redrive = _policy(stack.resources[dlq.logical_id].get("Properties", {}).get("RedrivePolicy"))
+        if redrive.get("deadLetterTargetArn"):
+            report.redrives_after = int(redrive.get("maxReceiveCount", 0))
+        elif depth.visible and peek_count > 0:
             report.peeked = [failed_message(m, dlq) for m in peek(sqs, url, peek_count)]
         reports.append(report)
     return reports
@@ -439,6 +444,10 @@ def format_reports(reports: list[DlqReport], now: datetime | None = None) -> lis
         state = f"{count}{oldest}" if depth.total else "empty"
         lines.append(f"{report.dlq.logical_id} ({report.name}): {state}")
         lines.append(f"  holds {report.dlq.describe()}")
+        if report.redrives_after is not None and depth.visible:
+            lines.append(
+                f"  not peeked: it redrives after {report.redrives_after} receives itself, and a peek is one"
+            )
         for message in report.peeked:
             age_text = (
                 f", {format_age((now - message.sent_at).total_seconds())} old" if message.sent_at else ""
@@ -553,7 +562,8 @@ def move_messages(
     source_arn, destination_arn = _queue_arn(sqs, source_url), _queue_arn(sqs, destination_url)
     unsupported = _UNSUPPORTED_CODES | (_UNSUPPORTED_LOCALLY if stack.local else set())
     try:
-        handle = stack.client("sqs", attempts=1).start_message_move_task(
+        # Locally one attempt: moto answers 500, which botocore would retry four times.
+        handle = stack.client("sqs", attempts=1 if stack.local else 3).start_message_move_task(
             SourceArn=source_arn, DestinationArn=destination_arn
         )["TaskHandle"]
     except ClientError as error:

@@ -110,7 +110,10 @@ def alarm_checks(stack: OperatedStack) -> list[Check]:
     found: dict[str, dict[str, Any]] = {}
     listed = list(names)
     for start in range(0, len(listed), _DESCRIBE_ALARMS_LIMIT):
-        response = cloudwatch.describe_alarms(AlarmNames=listed[start : start + _DESCRIBE_ALARMS_LIMIT])
+        response = cloudwatch.describe_alarms(
+            AlarmNames=listed[start : start + _DESCRIBE_ALARMS_LIMIT],
+            AlarmTypes=["MetricAlarm", "CompositeAlarm"],
+        )
         for alarm in (*response.get("MetricAlarms", []), *response.get("CompositeAlarms", [])):
             found[alarm["AlarmName"]] = alarm
     checks = []

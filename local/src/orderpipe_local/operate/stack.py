@@ -97,7 +97,7 @@ def local_stack(root: Path, state_file: Path) -> OperatedStack:
         region=state.region,
         endpoint_url=state.endpoint_url,
         work_dir=state_file.parent,
-        outbox=Path(state.outbox) if state.outbox else None,
+        outbox=root / state.outbox if state.outbox else None,  # relative to where it runs, the root
     )
 
 
