@@ -135,6 +135,7 @@ class RunningPipeline:
 
     # how long an accepted order may take to be mailed (the acceptance tests' OrdersTarget)
     mail_timeout: float = 20.0
+    replay_timeout: float = 60.0
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -192,6 +193,11 @@ class RunningPipeline:
 
     def console(self) -> str:
         return self.output.read_text(errors="replace")
+
+    def function_logs(self) -> str:
+        """What the functions logged (start_pipeline's --log-file, beside the console's output)."""
+        path = self.output.parent / "functions.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
