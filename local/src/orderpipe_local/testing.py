@@ -238,30 +238,15 @@ def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
     return RunningPipeline(process, state["api_url"], state["endpoint_url"], outbox, state, output)
 
 
-_NOTIFIER_RETRY_QUEUE = """
-  NotifierRetryQueue:
-    Type: AWS::SQS::Queue
-    Properties:
-      SqsManagedSseEnabled: true
-      RedrivePolicy:
-        deadLetterTargetArn: !GetAtt NotifierDLQ.Arn
-        maxReceiveCount: 3
-
-"""
-
-
-def template_with_notifier_retry_queue(folder: Path) -> Path:
-    """template.yaml with the notifier's failures sent to a retry queue that redrives to
-    NotifierDLQ (the shape of issue 11's automatic replay), unless it has one already."""
+def template_without_notifier_retry_queue(folder: Path) -> Path:
+    """template.yaml as a stack deployed before the automatic replay had it: the notifier's
+    mapping fails straight into NotifierDLQ."""
     text = (ROOT / "template.yaml").read_text()
-    if "NotifierRetryQueue:" not in text:
-        text = text.replace(
-            "Destination: !GetAtt NotifierDLQ.Arn", "Destination: !GetAtt NotifierRetryQueue.Arn"
-        )
-        text = text.replace(
-            "  # Emails SNS could not deliver", _NOTIFIER_RETRY_QUEUE + "  # Emails SNS could not deliver", 1
-        )
-    (folder / "template.yaml").write_text(text)
+    replaced = text.replace(
+        "Destination: !GetAtt NotifierRetryQueue.Arn", "Destination: !GetAtt NotifierDLQ.Arn"
+    )
+    assert replaced != text, "template.yaml's notifier no longer fails into NotifierRetryQueue"
+    (folder / "template.yaml").write_text(replaced)
     shutil.copy(ROOT / "samconfig.toml", folder / "samconfig.toml")
     return folder / "template.yaml"
 

@@ -23,7 +23,7 @@ from orderpipe_local.operate.stack import OperatedStack, deployed_stack
 from orderpipe_local.sources.email_outbox import EMAILS_PER_SECOND, REFUSALS_FILE, EmailOutbox
 from orderpipe_local.stack.provision import Stack, provision_stack
 from orderpipe_local.stack.template import ACCOUNT_ID, Template, load_template
-from orderpipe_local.testing import ROOT, load_event, template_with_notifier_retry_queue, wait_until
+from orderpipe_local.testing import ROOT, load_event, template_without_notifier_retry_queue, wait_until
 
 SUPPORT_EMAIL = "support@example.com"
 
@@ -116,7 +116,7 @@ def test_list_shows_each_dlq_its_depth_oldest_and_reasons_without_taking_anythin
     lines = dlq.format_reports(list(reports.values()))
 
     # Then each DLQ shows, the order with the writer's reason, and nothing was consumed
-    assert list(reports) == ["OrdersDLQ", "NotifierDLQ", "EmailSubscriptionsDLQ"]
+    assert list(reports) == ["OrdersDLQ", "NotifierRetryQueue", "NotifierDLQ", "EmailSubscriptionsDLQ"]
     (peeked,) = reports["OrdersDLQ"].peeked
     assert peeked.order_id == bad["orderId"]
     assert peeked.reason == "does not parse: items.0.quantity: Input should be greater than or equal to 1"
@@ -209,9 +209,14 @@ def test_sigterm_during_a_move_finishes_the_message_in_hand_then_stops(local: Op
 # --- replay -------------------------------------------------------------------------------------
 
 
-def test_replay_notifier_needs_a_retry_queue(local: OperatedStack) -> None:
+def test_replay_notifier_needs_a_retry_queue(endpoint: AwsEndpoint, tmp_path: Path) -> None:
+    # Given a stack from before the replay: the notifier fails straight into NotifierDLQ
+    reset(endpoint)
+    template = load_template(template_without_notifier_retry_queue(tmp_path))
+    stack = operated(template, provision_stack(template, endpoint_url=endpoint.url), tmp_path)
+
     with pytest.raises(dlq.DlqError, match="has no retry queue"):
-        dlq.replay_notifier(local, timeout=5)
+        dlq.replay_notifier(stack, timeout=5)
 
 
 def test_replay_notifier_moves_notifier_dlq_to_the_retry_queue_and_counts_what_it_consumed(
@@ -219,7 +224,7 @@ def test_replay_notifier_moves_notifier_dlq_to_the_retry_queue_and_counts_what_i
 ) -> None:
     # Given a stack whose notifier failures go through a retry queue, and 3 records in NotifierDLQ
     reset(endpoint)
-    template = load_template(template_with_notifier_retry_queue(tmp_path))
+    template = load_template(ROOT / "template.yaml")
     stack = operated(template, provision_stack(template, endpoint_url=endpoint.url), tmp_path)
     records = [json.dumps({"DDBStreamBatchInfo": {"batchSize": 1, "shardId": f"s-{n}"}}) for n in range(3)]
     send(stack, "NotifierDLQ", records)
@@ -263,6 +268,7 @@ def test_doctor_passes_a_healthy_local_pipeline_and_says_alarms_are_not_played(l
         f"OrdersTopic email to {SUPPORT_EMAIL}": "PASS",
         "alarms": "N/A",
         "OrdersDLQ": "PASS",
+        "NotifierRetryQueue": "PASS",
         "NotifierDLQ": "PASS",
         "EmailSubscriptionsDLQ": "PASS",
         "OrdersTable point-in-time recovery": "PASS",
@@ -432,7 +438,7 @@ def test_list_does_not_peek_a_retry_queue_whose_receives_count_towards_its_redri
 ) -> None:
     # Given a failure record waiting in the notifier's retry queue
     reset(endpoint)
-    template = load_template(template_with_notifier_retry_queue(tmp_path))
+    template = load_template(ROOT / "template.yaml")
     stack = operated(template, provision_stack(template, endpoint_url=endpoint.url), tmp_path)
     send(stack, "NotifierRetryQueue", [json.dumps({"DDBStreamBatchInfo": {"batchSize": 1}})])
 
@@ -443,7 +449,7 @@ def test_list_does_not_peek_a_retry_queue_whose_receives_count_towards_its_redri
     # Then its depth shows, but it was not received: its receive count is untouched
     assert reports["NotifierRetryQueue"].depth.visible == 1
     assert reports["NotifierRetryQueue"].peeked == []
-    assert "  not peeked: it redrives after 3 receives itself, and a peek is one" in lines
+    assert "  not peeked: it redrives after 8 receives itself, and a peek is one" in lines
     (message,) = stack.client("sqs").receive_message(
         QueueUrl=stack.physical_id("NotifierRetryQueue"), AttributeNames=["ApproximateReceiveCount"]
     )["Messages"]

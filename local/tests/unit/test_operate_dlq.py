@@ -23,7 +23,7 @@ from orderpipe_local.operate.dlq import (
 )
 from orderpipe_local.operate.stack import OperatedStack
 from orderpipe_local.stack.template import load_template
-from orderpipe_local.testing import ROOT, load_event, template_with_notifier_retry_queue
+from orderpipe_local.testing import ROOT, load_event, template_without_notifier_retry_queue
 
 
 def template_resources(**overrides: str) -> dict[str, dict[str, Any]]:
@@ -69,13 +69,15 @@ def test_the_template_s_dlqs_are_every_redrive_target_and_on_failure_destination
     # When its dead-letter queues are discovered
     dlqs = {dlq.logical_id: dlq for dlq in dead_letter_queues(resources)}
 
-    # Then they are OrdersQueue's redrive target, the stream mapping's destination and the emails'
-    assert list(dlqs) == ["OrdersDLQ", "NotifierDLQ", "EmailSubscriptionsDLQ"]
+    # Then they are OrdersQueue's redrive target, the stream mapping's destination (the retry
+    # queue), its redrive target and the emails'
+    assert list(dlqs) == ["OrdersDLQ", "NotifierRetryQueue", "NotifierDLQ", "EmailSubscriptionsDLQ"]
     assert dlqs["OrdersDLQ"].sources == (FailureSource("queue", "OrdersQueue", "WriterFunction", 5),)
     assert dlqs["OrdersDLQ"].holds_orders
-    assert dlqs["NotifierDLQ"].sources == (
+    assert dlqs["NotifierRetryQueue"].sources == (
         FailureSource("mapping", "NotifierFunctionOrderInserted", "NotifierFunction"),
     )
+    assert dlqs["NotifierDLQ"].sources == (FailureSource("queue", "NotifierRetryQueue", "ReplayFunction", 8),)
     assert [s.logical_id for s in dlqs["EmailSubscriptionsDLQ"].sources] == [
         "SupportEmailSubscription",
         "AlarmEmailSubscription",
@@ -84,18 +86,18 @@ def test_the_template_s_dlqs_are_every_redrive_target_and_on_failure_destination
 
 
 def test_without_a_retry_queue_replay_notifier_says_so(tmp_path: Path) -> None:
-    # Given today's template: the stream mapping fails straight into NotifierDLQ
-    stack = operated(template_resources())
+    # Given a stack from before the replay: the stream mapping fails straight into NotifierDLQ
+    template = load_template(template_without_notifier_retry_queue(tmp_path))
+    stack = operated({lid: r for lid, r in template.resources.items() if template.is_created(lid)})
 
     # When the replay's queues are looked up, then it refuses, naming what is missing
     with pytest.raises(DlqError, match="has no retry queue: NotifierDLQ is NotifierFunction's on-failure"):
         notifier_replay_queues(stack)
 
 
-def test_with_a_retry_queue_it_is_listed_and_replay_moves_notifier_dlq_back_to_it(tmp_path: Path) -> None:
-    # Given a template whose notifier failures go to a retry queue that redrives to NotifierDLQ
-    template = load_template(template_with_notifier_retry_queue(tmp_path))
-    resources = {lid: r for lid, r in template.resources.items() if template.is_created(lid)}
+def test_with_a_retry_queue_it_is_listed_and_replay_moves_notifier_dlq_back_to_it() -> None:
+    # Given the template: the notifier's failures go to a retry queue that redrives to NotifierDLQ
+    resources = template_resources()
 
     # When the DLQs and the replay's queues are discovered
     dlqs = {dlq.logical_id: dlq for dlq in dead_letter_queues(resources)}
