@@ -14,8 +14,10 @@ out, so that whatever happens next, a retry leaves them out.
   logged and counted (SupportEmailsUnconfirmed, alarmed) for someone to check the mailbox.
 - Not enough time left for the next email and its marking: it is not published, rather than
   Lambda ending the invocation between a publish and its marking.
-- Marking fails after the email went out: the order is logged and counted
-  (NotifiedOrdersNotMarked) but its record still succeeds, as retrying it would mail it twice.
+- Marking fails after the email went out: its record still succeeds, as retrying it would mail
+  it twice; the order ids go to NotifierRetryQueue (`UnmarkedOrders`), where the replay function
+  marks them later. Should that send fail too, they are logged and counted
+  (NotifiedOrdersNotMarked, alarmed) and stay PLACED.
 When an email is not sent, what happens to the batch depends on whether one already left:
 - none did: the invocation fails, and Lambda retries the records (bisecting);
 - one did: the records from the first order not announced on are answered as failed (the
@@ -40,12 +42,13 @@ from aws_lambda_powertools.utilities.parser.models import (
 from pydantic import model_validator
 
 from orderpipe.aws import clients
+from orderpipe.aws.notifier_retry_queue import RetryQueueUnavailable
 from orderpipe.aws.orders_table import MARK_CONCURRENCY
 from orderpipe.aws.orders_topic import PublishOutcomeUnknown, TopicUnavailable
 from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order, OrderStatus
 from orderpipe.observability import MetricUnit, logger, metrics, tracer
-from orderpipe.settings import settings
+from orderpipe.settings import MissingSetting, settings
 from orderpipe.support_email import SupportEmailDetail, render_support_emails
 
 if TYPE_CHECKING:
@@ -201,10 +204,11 @@ def _stopped_after(announced: list[str], not_sent: Sequence[SupportEmail]) -> An
 
 
 def _time_to_send(email: SupportEmail) -> float:
-    """The longest a publish and the marking of its orders can take (MARK_CONCURRENCY updates at once)."""
+    """The longest a publish and the marking of its orders can take (MARK_CONCURRENCY updates at
+    once), and the hand-over of those whose marking failed to NotifierRetryQueue."""
     current = settings()
     rounds = math.ceil(len(email.order_ids) / MARK_CONCURRENCY)
-    return current.sns_publish_budget_seconds + rounds * current.aws_call_budget_seconds
+    return current.sns_publish_budget_seconds + (rounds + 1) * current.aws_call_budget_seconds
 
 
 def _mark_notified(order_ids: Sequence[str], deadline: Deadline) -> None:
@@ -215,17 +219,32 @@ def _mark_notified(order_ids: Sequence[str], deadline: Deadline) -> None:
     result = clients.orders_table().mark_all_notified(
         order_ids, at=datetime.now(UTC), time_for_a_request=lambda: deadline.allows(call_budget)
     )
-    for order_id in result.failed:
-        # Retrying the record would email the order a second time; leave it PLACED instead.
-        logger.set_correlation_id(order_id)
-        logger.error("Order announced but not marked NOTIFIED")
     if result.failed:
-        metrics.add_metric(name="NotifiedOrdersNotMarked", unit=MetricUnit.Count, value=len(result.failed))
+        _hand_over_unmarked(result.failed)
     for order_id in result.not_placed:
         logger.set_correlation_id(order_id)
         logger.warning("Order announced but was not PLACED (already NOTIFIED, or absent)")
     logger.set_correlation_id(None)
     logger.info("Orders announced and marked NOTIFIED", extra={"order_ids": result.marked})
+
+
+def _hand_over_unmarked(order_ids: list[str]) -> None:
+    """Retrying their records would email these orders a second time: the replay function marks
+    them instead. If even that cannot be arranged, they stay PLACED, logged and alarmed."""
+    try:
+        message_id = clients.notifier_retry_queue().send_unmarked(order_ids)
+    except (RetryQueueUnavailable, MissingSetting):
+        for order_id in order_ids:
+            logger.set_correlation_id(order_id)
+            logger.exception("Order announced but not marked NOTIFIED, nor handed to the replay")
+        logger.set_correlation_id(None)
+        metrics.add_metric(name="NotifiedOrdersNotMarked", unit=MetricUnit.Count, value=len(order_ids))
+        return
+    logger.warning(
+        "Orders announced but not marked NOTIFIED; handed to the replay function to mark",
+        extra={"order_ids": order_ids, "sqs_message_id": message_id},
+    )
+    metrics.add_metric(name="OrdersMarkingRetried", unit=MetricUnit.Count, value=len(order_ids))
 
 
 def _checkpoint(outcomes: Sequence[tuple[Any, Any, Any]], announcement: Announcement) -> str:

@@ -31,6 +31,10 @@ class Settings(BaseModel):
     ORDERS_TABLE_NAME: str = ""
     IDEMPOTENCY_TABLE_NAME: str = ""
     ORDERS_TOPIC_ARN: str = ""
+    # The notifier's and the replay function's: where what the notifier could not finish goes.
+    NOTIFIER_RETRY_QUEUE_URL: str = ""
+    # The replay function's first backoff; it doubles with each failed receive, up to an hour.
+    REPLAY_BACKOFF_SECONDS: int = Field(default=60, ge=0, le=3600)
     # Every AWS call must end, answered or failed, well inside the function's Timeout, so that
     # the handler (not a Lambda timeout) decides what failed. The template sets these per stage;
     # the defaults are its values.
@@ -63,6 +67,10 @@ class Settings(BaseModel):
     @property
     def orders_topic_arn(self) -> str:
         return self.require("ORDERS_TOPIC_ARN")
+
+    @property
+    def notifier_retry_queue_url(self) -> str:
+        return self.require("NOTIFIER_RETRY_QUEUE_URL")
 
     @property
     def support_email_detail(self) -> SupportEmailDetail:

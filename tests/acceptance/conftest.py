@@ -26,6 +26,9 @@ class OrdersTarget(Protocol):
     """What the acceptance tests need of a pipeline, local or deployed."""
 
     mail_timeout: float
+    # How long a failed notification may take to be replayed: two of the replay's backoffs
+    # (the template's 60 s doubling; 1 s on the local pipeline the tests start).
+    replay_timeout: float
 
     @property
     def api_url(self) -> str: ...
@@ -57,6 +60,7 @@ class DeployedStack:
     physical_ids: dict[str, str]
     session: boto3.session.Session
     mail_timeout: float = 120.0
+    replay_timeout: float = 600.0
 
     @classmethod
     def find(cls, stack_name: str, region: str | None) -> DeployedStack:
@@ -102,7 +106,9 @@ def target(
     if stack_name:
         yield DeployedStack.find(stack_name, request.config.getoption("region"))
         return
-    running = start_pipeline(tmp_path_factory.mktemp("pipeline"))
+    running = start_pipeline(
+        tmp_path_factory.mktemp("pipeline"), "--parameter-overrides", "NotifierReplayBackoffSeconds=1"
+    )
     yield running
     if running.process.poll() is None:
         assert running.terminate() == 0, running.console()

@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from orderpipe.aws import clients
+from orderpipe.aws.notifier_retry_queue import UnmarkedOrders
 from orderpipe.aws.orders_table import StorageError, from_attribute_values, to_attribute_values
 from orderpipe.aws.orders_topic import TopicUnavailable
 from orderpipe.models import Order
@@ -53,6 +54,21 @@ def status_of(stack: Stack, order_id: str) -> str:
     )["Item"]
     status: str = item["status"]["S"]
     return status
+
+
+def handed_to_the_replay(stack: Stack) -> list[str]:
+    """The order ids of the `UnmarkedOrders` messages in NotifierRetryQueue (consumed)."""
+    sqs = boto3.client("sqs")
+    order_ids: list[str] = []
+    while messages := sqs.receive_message(
+        QueueUrl=stack.ref("NotifierRetryQueue"), MaxNumberOfMessages=10
+    ).get("Messages"):
+        for message in messages:
+            order_ids += UnmarkedOrders.model_validate_json(message["Body"]).order_ids
+            sqs.delete_message(
+                QueueUrl=stack.ref("NotifierRetryQueue"), ReceiptHandle=message["ReceiptHandle"]
+            )
+    return order_ids
 
 
 def failed_ids(response: dict[str, Any]) -> list[str]:
@@ -285,8 +301,10 @@ def test_when_marking_fails_after_the_email_went_out_the_record_still_succeeds(
         "NOTIFIED",
     )
     (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
-    assert metric_total(emf, "NotifiedOrdersNotMarked") == 1
+    assert metric_total(emf, "OrdersMarkingRetried") == 1
     assert metric_total(emf, "OrdersNotified") == 3
+    # And the order not marked is handed to the replay function, to be marked without a second email
+    assert handed_to_the_replay(stack) == [GRACE]
     assert metric_total(emf, "SupportEmailsSent") == 1
 
 

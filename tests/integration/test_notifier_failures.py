@@ -24,7 +24,13 @@ from orderpipe_local.runtime.lambda_context import LocalLambdaContext
 from orderpipe_local.stack.provision import Stack
 from orderpipe_local.stack.template import Template
 from orderpipe_local.testing import load_event
-from tests.integration.aws_faults import LambdaEnded, end_invocation_during, stall_calls, unreachable
+from tests.integration.aws_faults import (
+    LambdaEnded,
+    end_invocation_during,
+    fail_calls,
+    stall_calls,
+    unreachable,
+)
 from tests.integration.conftest import Email, handler_of
 from tests.integration.test_notifier import (
     ADA,
@@ -34,6 +40,7 @@ from tests.integration.test_notifier import (
     Handler,
     big_insert_event,
     failed_ids,
+    handed_to_the_replay,
     metric_total,
     status_of,
     store_inserted_orders,
@@ -165,11 +172,37 @@ def test_when_dynamodb_stops_answering_after_the_email_the_records_still_succeed
     # When
     response = notifier(event, notifier_context())
 
-    # Then no record is retried (a retry would mail them again); each order is counted
+    # Then no record is retried (a retry would mail them again); the orders go to the replay
+    # function to be marked, and are counted
+    assert failed_ids(response) == []
+    assert len(inbox()) == 1
+    emf = emitted(capsys.readouterr().out)
+    assert metric_total(emf, "OrdersMarkingRetried") == 3
+    assert sorted(handed_to_the_replay(stack)) == sorted(BATCH)
+
+
+def test_when_neither_marking_nor_the_hand_over_works_the_orders_are_counted_not_mailed_again(
+    stack: Stack, notifier: Handler, inbox: Callable[[], list[Email]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the table stalls after the email went out, and SQS refuses the hand-over too
+    event = load_event("notifier-stream-insert-batch.json")
+    store_inserted_orders(stack, event)
+    table = clients.orders_table().client
+    stall_calls(table, "TransactWriteItems", reaches_aws=False)
+    stall_calls(table, "UpdateItem", reaches_aws=False)
+    fail_calls(clients.notifier_retry_queue().client, "SendMessage", "InternalError", status=500)
+
+    # When
+    response = notifier(event, notifier_context())
+
+    # Then the records still succeed (a retry would mail them again); the orders stay PLACED,
+    # counted for the alarm
     assert failed_ids(response) == []
     assert len(inbox()) == 1
     emf = emitted(capsys.readouterr().out)
     assert metric_total(emf, "NotifiedOrdersNotMarked") == 3
+    assert {status_of(stack, order_id) for order_id in BATCH} == {"PLACED"}
+    assert handed_to_the_replay(stack) == []
 
 
 def test_marking_stops_in_time_to_answer(
@@ -181,7 +214,8 @@ def test_marking_stops_in_time_to_answer(
     table = clients.orders_table().client
     stall_calls(table, "UpdateItem", reaches_aws=False)
     current = settings()
-    one_email = current.sns_publish_budget_seconds + current.aws_call_budget_seconds
+    # a publish, its transaction, the hand-over of what was not marked
+    one_email = current.sns_publish_budget_seconds + 2 * current.aws_call_budget_seconds
     timeout = notifier_step.SAFETY_MARGIN_SECONDS + one_email + 0.5
 
     # When
@@ -192,7 +226,8 @@ def test_marking_stops_in_time_to_answer(
     assert time.monotonic() - started < timeout
     assert failed_ids(response) == []
     assert len(inbox()) == 1
-    assert metric_total(emitted(capsys.readouterr().out), "NotifiedOrdersNotMarked") == len(order_ids)
+    assert metric_total(emitted(capsys.readouterr().out), "OrdersMarkingRetried") == len(order_ids)
+    assert sorted(handed_to_the_replay(stack)) == sorted(order_ids)
 
 
 def small_insert_event(count: int) -> tuple[dict[str, Any], list[str]]:
@@ -236,7 +271,7 @@ def test_when_a_later_email_fails_the_stream_resumes_at_it_and_no_unmarked_order
     sequence_numbers = [record["dynamodb"]["SequenceNumber"] for record in event["Records"]]
     assert failed_ids(response) == [sequence_numbers[first_left_out]]
     emf = emitted(capsys.readouterr().out)
-    assert metric_total(emf, "NotifiedOrdersNotMarked") == len(first_part.order_ids)
+    assert metric_total(emf, "OrdersMarkingRetried") == len(first_part.order_ids)
     assert {status_of(stack, order_id) for order_id in first_part.order_ids} == {"PLACED"}
 
     # When Lambda retries the shard from the checkpoint, with the table back

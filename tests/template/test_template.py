@@ -30,7 +30,7 @@ from orderpipe_local.stack.template import (
 from orderpipe_local.testing import ROOT
 
 REGION = "us-east-1"
-FUNCTIONS = ("IngestFunction", "WriterFunction", "NotifierFunction")
+FUNCTIONS = ("IngestFunction", "WriterFunction", "NotifierFunction", "ReplayFunction")
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +111,47 @@ def test_notifier_reads_only_inserts_from_the_orders_stream(template: Template) 
     assert mapping["MaximumBatchingWindowInSeconds"] == ref("NotifierBatchingWindowSeconds")
 
 
-def test_notifier_failures_are_isolated_bounded_and_parked_in_notifier_dlq(template: Template) -> None:
+def test_notifier_failures_are_isolated_bounded_and_handed_to_the_replay(template: Template) -> None:
     # Given the notifier's DynamoDB stream event source mapping
     mapping = event_source_mapping(template, "NotifierFunction")
 
-    # Then a poison record is isolated, retried a bounded number of times, then parked
+    # Then a poison record is isolated, retried a bounded number of times, then handed over
     assert mapping["BisectBatchOnFunctionError"] is True
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 0 <= mapping["MaximumRetryAttempts"] <= 10
-    # A record must reach the DLQ before the stream trims it (24 h), or it is lost unseen.
+    # A record must be handed over before the stream trims it (24 h), or it is lost unseen.
     assert 60 <= mapping["MaximumRecordAgeInSeconds"] < 24 * 3600
-    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": get_att("NotifierDLQ", "Arn")}}
+    assert mapping["DestinationConfig"] == {
+        "OnFailure": {"Destination": get_att("NotifierRetryQueue", "Arn")}
+    }
+
+
+def test_the_replay_takes_one_failed_notification_at_a_time_from_the_retry_queue(template: Template) -> None:
+    mapping = event_source_mapping(template, "ReplayFunction")
+
+    assert mapping["EventSourceArn"] == get_att("NotifierRetryQueue", "Arn")
+    assert mapping["BatchSize"] == 1
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 2}
+
+
+def test_what_fails_the_replay_a_bounded_number_of_times_is_parked_in_notifier_dlq(
+    template: Template, sam_parameters: dict[str, dict[str, Any]]
+) -> None:
+    # Given the retry queue's redrive and the replay's doubling backoff (at most an hour)
+    queue = properties(template, "NotifierRetryQueue")
+    receives = queue["RedrivePolicy"]["maxReceiveCount"]
+    base = int(sam_parameters["NotifierReplayBackoffSeconds"]["Default"])
+    waited = sum(min(base * 2**attempt, 3600) for attempt in range(receives - 1))
+
+    # Then a failure record reaches NotifierDLQ after a bounded number of tries, while the
+    # stream still holds its records (24 h), and the retry queue keeps it that long
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == get_att("NotifierDLQ", "Arn")
+    assert 3 <= receives <= 10
+    assert waited < 12 * 3600
+    assert queue["MessageRetentionPeriod"] > waited
+    assert queue["MessageRetentionPeriod"] < properties(template, "NotifierDLQ")["MessageRetentionPeriod"]
+    assert queue["VisibilityTimeout"] >= 6 * properties(template, "ReplayFunction")["Timeout"]
 
 
 def test_notifier_batching_window_is_never_zero(sam_parameters: dict[str, dict[str, Any]]) -> None:
@@ -168,7 +198,7 @@ def test_orders_queue_visibility_covers_six_writer_timeouts_and_the_batching_win
     assert properties(template, "OrdersQueue")["VisibilityTimeout"] >= 6 * writer_timeout + longest_window
 
 
-@pytest.mark.parametrize("queue_id", ["OrdersQueue", "OrdersDLQ", "NotifierDLQ"])
+@pytest.mark.parametrize("queue_id", ["OrdersQueue", "OrdersDLQ", "NotifierRetryQueue", "NotifierDLQ"])
 def test_queues_are_encrypted(template: Template, queue_id: str) -> None:
     assert properties(template, queue_id)["SqsManagedSseEnabled"] is True
 
@@ -316,6 +346,13 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "IngestThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("IngestFunction")}),
     "WriterThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("WriterFunction")}),
     "NotifierThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("NotifierFunction")}),
+    "ReplayErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("ReplayFunction")}),
+    "ReplayThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("ReplayFunction")}),
+    "NotifierRetryQueueAgeAlarm": (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        {"QueueName": get_att("NotifierRetryQueue", "QueueName")},
+    ),
     "OrdersDLQAgeAlarm": (
         "AWS/SQS",
         "ApproximateAgeOfOldestMessage",
@@ -331,6 +368,22 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "ApproximateAgeOfOldestMessage",
         {"QueueName": get_att("EmailSubscriptionsDLQ", "QueueName")},
     ),
+    "EmailSubscriptionsDLQDepthAlarm": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        {"QueueName": get_att("EmailSubscriptionsDLQ", "QueueName")},
+    ),
+    # Deliveries SNS gave up on, the support email's and the alarm email's.
+    "OrdersTopicFailedNotificationsAlarm": (
+        "AWS/SNS",
+        "NumberOfNotificationsFailed",
+        {"TopicName": get_att("OrdersTopic", "TopicName")},
+    ),
+    "AlarmTopicFailedNotificationsAlarm": (
+        "AWS/SNS",
+        "NumberOfNotificationsFailed",
+        {"TopicName": get_att("AlarmTopic", "TopicName")},
+    ),
     # The notifier's own EMF metric: an order was emailed but is still PLACED.
     "NotifiedOrdersNotMarkedAlarm": (
         "Orderpipe",
@@ -342,6 +395,17 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "Orderpipe",
         "SupportEmailsUnconfirmed",
         {"service": "notifier", "stage": ref("Stage")},
+    ),
+    # The same two, emitted by the replay, which mails and marks with the notifier's code.
+    "ReplayNotifiedOrdersNotMarkedAlarm": (
+        "Orderpipe",
+        "NotifiedOrdersNotMarked",
+        {"service": "replay", "stage": ref("Stage")},
+    ),
+    "ReplaySupportEmailsUnconfirmedAlarm": (
+        "Orderpipe",
+        "SupportEmailsUnconfirmed",
+        {"service": "replay", "stage": ref("Stage")},
     ),
 }
 
@@ -414,13 +478,24 @@ def test_every_alarm_notifies_the_alarm_topic(template: Template) -> None:
         assert alarm["Properties"]["OKActions"] == [ref("AlarmTopic")], alarm_id
 
 
-@pytest.mark.parametrize("alarm_id", ["NotifiedOrdersNotMarkedAlarm", "SupportEmailsUnconfirmedAlarm"])
-def test_custom_metric_alarm_watches_what_the_notifier_emits(template: Template, alarm_id: str) -> None:
-    # Given the notifier's metrics namespace and service name, as the template sets them
-    variables = properties(template, "NotifierFunction")["Environment"]["Variables"]
+@pytest.mark.parametrize(
+    ("alarm_id", "function_id"),
+    [
+        ("NotifiedOrdersNotMarkedAlarm", "NotifierFunction"),
+        ("SupportEmailsUnconfirmedAlarm", "NotifierFunction"),
+        ("ReplayNotifiedOrdersNotMarkedAlarm", "ReplayFunction"),
+        ("ReplaySupportEmailsUnconfirmedAlarm", "ReplayFunction"),
+    ],
+)
+def test_custom_metric_alarm_watches_what_the_function_emits(
+    template: Template, alarm_id: str, function_id: str
+) -> None:
+    # Given the function's metrics namespace and service name, as the template sets them
+    variables = properties(template, function_id)["Environment"]["Variables"]
     alarm = properties(template, alarm_id)
 
-    # Then the alarm reads the metric where Powertools writes it, and the notifier emits it
+    # Then the alarm reads the metric where Powertools writes it, and the notifier's code (which
+    # the replay runs too) emits it
     assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
     assert alarm["Dimensions"] == [
         {"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]},
@@ -457,7 +532,7 @@ def test_api_routes(template: Template) -> None:
 
 # --- Dashboard ----------------------------------------------------------------------------------
 
-SERVICES = ("ingest", "writer", "notifier")
+SERVICES = ("ingest", "writer", "notifier", "replay")
 STAGE = "dev"  # the Stage parameter's default, which the dashboard's custom metrics name
 # Dimension -> the resource type its value must name (None: a fixed value, checked below).
 DIMENSION_TYPES: dict[str, str | None] = {
@@ -485,6 +560,7 @@ EXPECTED_DASHBOARD_METRICS: set[tuple[str, str, tuple[tuple[str, str], ...], str
     ("AWS/SQS", "ApproximateAgeOfOldestMessage", (("QueueName", "OrdersQueue"),), "Maximum"),
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", "OrdersDLQ"),), "Maximum"),
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", "NotifierDLQ"),), "Maximum"),
+    ("AWS/SQS", "ApproximateNumberOfMessagesNotVisible", (("QueueName", "NotifierRetryQueue"),), "Maximum"),
     *(
         ("AWS/Lambda", metric, (("FunctionName", function_id),), stat)
         for function_id in FUNCTIONS
@@ -586,7 +662,7 @@ def test_dashboard_shows_every_custom_metric_the_functions_emit(
     }
 
     # Then they are exactly those: none missing, none that nothing emits
-    assert len(emitted) == 12
+    assert len(emitted) == 16
     assert custom == emitted
 
 
@@ -638,6 +714,15 @@ EXPECTED_ENVIRONMENT: dict[str, dict[str, Any]] = {
         "ORDERS_TABLE_NAME": ref("OrdersTable"),
         "ORDERS_TOPIC_ARN": ref("OrdersTopic"),
         "SUPPORT_EMAIL_DETAIL": ref("SupportEmailDetail"),
+        "NOTIFIER_RETRY_QUEUE_URL": ref("NotifierRetryQueue"),
+    },
+    "ReplayFunction": {
+        "POWERTOOLS_SERVICE_NAME": "replay",
+        "ORDERS_TABLE_NAME": ref("OrdersTable"),
+        "ORDERS_TOPIC_ARN": ref("OrdersTopic"),
+        "SUPPORT_EMAIL_DETAIL": ref("SupportEmailDetail"),
+        "NOTIFIER_RETRY_QUEUE_URL": ref("NotifierRetryQueue"),
+        "REPLAY_BACKOFF_SECONDS": ref("NotifierReplayBackoffSeconds"),
     },
 }
 
@@ -711,10 +796,11 @@ def test_a_default_notifier_batch_is_read_mailed_and_marked_inside_the_notifier_
     template: Template, sam_parameters: dict[str, dict[str, Any]]
 ) -> None:
     # Given a batch of the default size: its statuses read (BatchGetItem, 100 keys a request),
-    # one email published, its orders marked (TransactWriteItems, 100 a request)
+    # one email published, its orders marked (TransactWriteItems, 100 a request), and those not
+    # marked handed to the replay (one SendMessage)
     current = function_settings(template, "NotifierFunction")
     requests = math.ceil(int(sam_parameters["NotifierBatchSize"]["Default"]) / 100)
-    worst = 2 * requests * current.aws_call_budget_seconds + current.sns_publish_budget_seconds
+    worst = (2 * requests + 1) * current.aws_call_budget_seconds + current.sns_publish_budget_seconds
 
     # Then it all fits, with the notifier's own margin; larger batches publish while it fits
     # (the notifier checks before each email) and leave the rest to Lambda's retry
@@ -793,10 +879,28 @@ EXPECTED_PERMISSIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetRecords", STREAM),
         ("dynamodb:GetShardIterator", STREAM),
         ("dynamodb:ListStreams", STREAM),
-        ("sqs:SendMessage", "NotifierDLQ"),
+        ("sqs:SendMessage", "NotifierRetryQueue"),
         ("sns:Publish", "OrdersTopic"),
         ("dynamodb:BatchGetItem", "OrdersTable"),
         ("dynamodb:UpdateItem", "OrdersTable"),
+    },
+    "ReplayFunction": {
+        ("logs:CreateLogStream", "ReplayLogGroup"),
+        ("logs:PutLogEvents", "ReplayLogGroup"),
+        ("xray:PutTraceSegments", "*"),
+        ("xray:PutTelemetryRecords", "*"),
+        ("sqs:ReceiveMessage", "NotifierRetryQueue"),
+        ("sqs:DeleteMessage", "NotifierRetryQueue"),
+        ("sqs:GetQueueAttributes", "NotifierRetryQueue"),
+        ("sqs:ChangeMessageVisibility", "NotifierRetryQueue"),
+        ("sqs:SendMessage", "NotifierRetryQueue"),
+        ("dynamodb:GetShardIterator", STREAM),
+        ("dynamodb:GetRecords", STREAM),
+        ("sns:Publish", "OrdersTopic"),
+        ("dynamodb:BatchGetItem", "OrdersTable"),
+        ("dynamodb:UpdateItem", "OrdersTable"),
+        ("dynamodb:Scan", "OrdersTable"),
+        ("dynamodb:GetItem", "OrdersTable"),
     },
 }
 
@@ -917,6 +1021,7 @@ ROLLBACK_ALARMS = {
     "IngestFunction": "IngestLiveVersionErrorsAlarm",
     "WriterFunction": "WriterLiveVersionErrorsAlarm",
     "NotifierFunction": "NotifierLiveVersionErrorsAlarm",
+    "ReplayFunction": "ReplayLiveVersionErrorsAlarm",
 }
 
 
@@ -1004,7 +1109,7 @@ def test_rollback_alarm_watches_the_errors_of_the_version_being_deployed(
     assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
 
 
-@pytest.mark.parametrize("function_id", ["WriterFunction", "NotifierFunction"])
+@pytest.mark.parametrize("function_id", ["WriterFunction", "NotifierFunction", "ReplayFunction"])
 def test_event_sources_invoke_the_alias(template: Template, function_id: str) -> None:
     mappings = [
         resource["Properties"]
@@ -1013,7 +1118,7 @@ def test_event_sources_invoke_the_alias(template: Template, function_id: str) ->
     ]
 
     assert len(mappings) == 1
-    assert len(template.resources_of_type("AWS::Lambda::EventSourceMapping")) == 2
+    assert len(template.resources_of_type("AWS::Lambda::EventSourceMapping")) == 3
 
 
 def test_api_integrations_and_permissions_invoke_the_ingest_alias(template: Template) -> None:

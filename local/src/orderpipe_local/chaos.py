@@ -11,9 +11,10 @@ What goes wrong, drawn with one seed (`moto.faults`, the queue's duplicate deliv
 - one execution environment of the writer killed (SIGKILL) while orders flow.
 
 Clients send every order with an Idempotency-Key and retry 503s, 409s and dropped connections
-with it, after Retry-After. OrdersQueue's visibility timeout is shortened for the run (the
-template's 210 s would hold the poison messages' five receives, and the killed batch, for
-minutes); that is said in the output.
+with it, after Retry-After or a backoff doubling from 1 s to 8 s, whichever is longer (a first
+request stalled past the ingest's Timeout holds its key in progress for up to 10 s more).
+OrdersQueue's visibility timeout is shortened for the run (the template's 210 s would hold the
+poison messages' five receives, and the killed batch, for minutes); that is said in the output.
 
 Once the pipeline has settled, with it still running: every order answered 202 must be stored
 once (the table scanned; client orders are told apart by their customer's email), mailed in
@@ -47,6 +48,10 @@ from orderpipe_local.testing import RunningPipeline, descendants, order_bodies, 
 _MAX_ATTEMPTS = 10
 _REQUEST_TIMEOUT_SECONDS = 30.0
 _RETRIED = {409, 429, 500, 502, 503, 504}
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(2 ** (attempt - 1), 8))
 
 
 @dataclass
@@ -220,7 +225,7 @@ class _Clients:
             self._local.connection = None
             with self._changed:
                 self.sent.dropped += 1
-            return 1.0
+            return _backoff(attempt)
         with self._changed:
             self.sent.statuses[status] += 1
         if status == 202:
@@ -229,7 +234,7 @@ class _Clients:
         if status in _RETRIED:
             if attempt >= _MAX_ATTEMPTS:
                 self.sent.gave_up[index] = f"{status} {body[:200]!r}"
-            return float(answer_headers.get("retry-after", "1") or 1)
+            return max(float(answer_headers.get("retry-after", "1") or 1), _backoff(attempt))
         self.sent.gave_up[index] = f"{status} {body[:200]!r}"
         return None
 

@@ -1,4 +1,4 @@
-"""The `orderpipe` command: `local`, `invoke`, `requeue`, `faults`, `token`, `openapi`."""
+"""The `orderpipe` command: `local`, `invoke`, `requeue`, `faults`, `token`, `dlq`, `doctor`, `openapi`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from orderpipe_local.versions import VersionMismatch, check_pinned_versions
 
 if TYPE_CHECKING:
     from orderpipe_local.config import PipelineConfig
+    from orderpipe_local.operate.stack import OperatedStack
 
 _ENV_FILE_HELP = (
     'a `sam local --env-vars` JSON file: {"Parameters": {VAR: value}} for every function and '
@@ -253,8 +254,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
 
+    dlq = commands.add_parser(
+        "dlq",
+        help="what the dead-letter queues hold and why; move it back",
+        description="The dead-letter queues of the running `orderpipe local`, or of a deployed stack "
+        "with --stack-name: `list` their depth, the age of the oldest message and why each peeked "
+        "message failed; `redrive orders` moves OrdersDLQ back to OrdersQueue; `replay notifier` "
+        "moves NotifierDLQ back to the retry queue that redrives into it and waits for the replay.",
+    )
+    dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    dlq_list = dlq_actions.add_parser("list", help="depth, oldest message and failure reasons of every DLQ")
+    dlq_list.add_argument(
+        "--peek", type=int, default=10, metavar="N", help="messages to peek at per DLQ (at most 10; 0: none)"
+    )
+    redrive = dlq_actions.add_parser("redrive", help="move OrdersDLQ back to OrdersQueue")
+    redrive.add_argument("what", choices=["orders"])
+    replay = dlq_actions.add_parser("replay", help="replay NotifierDLQ's failure records now")
+    replay.add_argument("what", choices=["notifier"])
+    for action in (redrive, replay):
+        action.add_argument(
+            "--timeout", type=float, default=300.0, help="seconds to move and wait at most (default 300)"
+        )
+    for action in (dlq_list, redrive, replay):
+        _add_stack_arguments(action)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check what an operator checks before a sale",
+        description="One line per check, PASS, FAIL or N/A with the detail; exit 1 if any fails: email "
+        "subscriptions confirmed, every alarm's state, every DLQ empty, OrdersTable's point-in-time "
+        "recovery, its stream with new images, and locally the email rate the outbox refused.",
+    )
+    _add_stack_arguments(doctor)
+
     commands.add_parser("openapi", help="print the OpenAPI description of the HTTP API")
     return parser
+
+
+def _add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stack-name",
+        help="a deployed stack, found through CloudFormation with the usual AWS credentials and region "
+        "(default: the running `orderpipe local`)",
+    )
+    parser.add_argument(
+        "--region", help="the deployed stack's region (default: boto3's, from the environment)"
+    )
+    parser.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
 
 
 def _add_parameter_overrides(parser: argparse.ArgumentParser) -> None:
@@ -288,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             return _faults(args)
         case "token":
             return _token(args)
+        case "dlq":
+            return _dlq(args)
+        case "doctor":
+            return _doctor(args)
         case _:
             from orderpipe.ingest import openapi_json
 
@@ -500,6 +550,79 @@ def _token(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _operated_stack(args: argparse.Namespace, command: str) -> OperatedStack | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from orderpipe_local.operate.stack import StackNotFound, deployed_stack, local_stack
+
+    try:
+        if args.stack_name:
+            return deployed_stack(args.stack_name, args.region)
+        config = _config(args)
+        assert config.state_file is not None
+        return local_stack(config.root, config.state_file)
+    except (StackNotFound, TemplateError, BotoCoreError, ClientError) as error:
+        print(f"orderpipe {command}: {error}", file=sys.stderr)
+        return None
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from orderpipe_local.operate import dlq
+
+    command = f"dlq {args.dlq_action}"
+    stack = _operated_stack(args, command)
+    if stack is None:
+        return 1
+    try:
+        match args.dlq_action:
+            case "list":
+                for line in dlq.format_reports(dlq.list_dlqs(stack, args.peek)):
+                    print(line)
+                return 0
+            case "redrive":
+                moved = dlq.redrive_orders(stack, timeout=args.timeout)
+                print(moved.summary())
+                if moved.order_ids:
+                    print("orders: " + ", ".join(moved.order_ids))
+                return 1 if moved.interrupted else 0
+            case _:
+                replayed = dlq.replay_notifier(stack, timeout=args.timeout)
+                print(
+                    f"after {replayed.waited:.0f} s: {replayed.replayed} replayed, "
+                    f"{replayed.still_in_retry_queue} still in {replayed.retry_queue}, "
+                    f"{replayed.back_in_dlq} in {replayed.move.source}"
+                )
+                failed = replayed.move.interrupted or replayed.still_in_retry_queue or replayed.back_in_dlq
+                return 1 if failed else 0
+    except dlq.DlqError as error:
+        print(f"orderpipe {command}: {error}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError) as error:
+        print(f"orderpipe {command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from orderpipe_local.operate.doctor import run_checks
+
+    stack = _operated_stack(args, "doctor")
+    if stack is None:
+        return 1
+    try:
+        checks = run_checks(stack)
+    except (BotoCoreError, ClientError) as error:
+        print(f"orderpipe doctor: {error}", file=sys.stderr)
+        return 1
+    print(f"orderpipe doctor: {stack.where}")
+    for check in checks:
+        print(check.line())
+    return 1 if any(check.failed for check in checks) else 0
 
 
 if __name__ == "__main__":

@@ -76,14 +76,14 @@ class Leftovers:
 def collect(stack: Stack, outbox_dir: Path) -> Leftovers:
     """Every message of the stack's queues (received, not deleted: the endpoint is about to go)
     and every item of its streamed tables that is not NOTIFIED, except the orders the outbox
-    holds an email for (mailed, then not marked: put back, they would be mailed again). Call it
-    once nothing polls."""
+    holds an email for (mailed, then not marked: put back, they would be mailed again), and
+    except the replay's work (`is_replay_work`). Call it once nothing polls."""
     sqs, dynamodb = _clients(stack)
     mailed = mailed_order_ids(outbox_dir)
     leftovers = Leftovers()
     for logical_id, resource in stack.resources.items():
         if resource.type == "AWS::SQS::Queue":
-            if messages := _read_queue(sqs, resource.ref):
+            if messages := [m for m in _read_queue(sqs, resource.ref) if not is_replay_work(m["body"])]:
                 leftovers.messages[logical_id] = messages
         elif (
             resource.type == "AWS::DynamoDB::Table"
@@ -108,12 +108,26 @@ def from_journal(journal: Path, stack: Stack, outbox_dir: Path) -> Leftovers:
     for entry in read_journal(journal):
         queue = queues.get(entry.get("queue", ""))
         order_id = entry.get("attributes", {}).get("orderId", {}).get("StringValue")
-        if queue is None or (order_id is not None and order_id in mailed):
+        if queue is None or (order_id is not None and order_id in mailed) or is_replay_work(entry["body"]):
             continue
         leftovers.messages.setdefault(queue, []).append(
             {"body": entry["body"], "attributes": entry.get("attributes", {})}
         )
     return leftovers
+
+
+def is_replay_work(body: str) -> bool:
+    """A stream batch's failure record, or orders handed over to be marked (NotifierRetryQueue's
+    and NotifierDLQ's messages): not kept. They point into the stream and the table, which go
+    with the endpoint; the orders they name are kept as items if not announced (a next run's
+    stream announces them), and were mailed if handed over to be marked."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and (
+        "DDBStreamBatchInfo" in message or message.get("kind") == "UnmarkedOrders"
+    )
 
 
 def mailed_order_ids(outbox_dir: Path) -> set[str]:

@@ -55,7 +55,7 @@ from orderpipe_local.runtime.functions import (
 from orderpipe_local.runtime.gc_pauses import freeze_survivors
 from orderpipe_local.sources.dynamodb_stream import DynamoDBStreamEventSource
 from orderpipe_local.sources.email_outbox import EmailOutbox
-from orderpipe_local.sources.polling import arn_service, as_bool
+from orderpipe_local.sources.polling import arn_service, as_bool, as_int
 from orderpipe_local.sources.sqs import SqsEventSource
 from orderpipe_local.stack.provision import Stack, provision_stack
 from orderpipe_local.stack.template import TemplateError
@@ -198,11 +198,16 @@ class LocalPipeline:
             for function in self.functions.values():  # a handler that does not load fails the start
                 function.load()
             return functions
-        mappings = [(function_id, service) for function_id, _, service in self._mappings(stack)]
-        workers = {function_id: 1 for function_id, service in mappings if service == "dynamodb"}
+        mappings = list(self._mappings(stack))
+        workers = {function_id: 1 for function_id, _, service in mappings if service == "dynamodb"}
         behind_api = {route.function_id for route in http_api.routes}
-        concurrent = behind_api | {function_id for function_id, service in mappings if service == "sqs"}
+        concurrent = behind_api | {function_id for function_id, _, service in mappings if service == "sqs"}
         workers |= dict.fromkeys(concurrent, self.config.workers)
+        for function_id, mapping, service in mappings:
+            # No more environments than the mapping's MaximumConcurrency lets it use.
+            cap = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
+            if service == "sqs" and cap is not None and function_id not in behind_api:
+                workers[function_id] = min(workers[function_id], as_int(cap, workers[function_id]))
         for function_id in sorted(workers.keys() & self.functions.keys()):
             nice = 0 if function_id in behind_api else self.config.background_nice
             pool = ProcessPoolFunction(self.functions[function_id], workers[function_id], nice=nice)

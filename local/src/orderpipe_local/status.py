@@ -129,6 +129,10 @@ class PipelineMonitor:
                 if destination and arn_service(destination) == "sqs":
                     dlq = stack.logical_id_of(destination)
                     self.dead_letter_queues[dlq] = stack.ref(dlq)
+        # A destination some function consumes (NotifierRetryQueue) is work still under way,
+        # counted as queued, not a dead letter.
+        for source in self.source_queues:
+            self.dead_letter_queues.pop(source, None)
         # One counter a stream, fed by one of the event sources reading it.
         self.stream_counters: dict[str, StreamCounter] = {}
         for stream_source in stream_sources:

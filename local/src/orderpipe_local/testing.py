@@ -9,6 +9,7 @@ import email.policy
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ class RunningPipeline:
 
     # how long an accepted order may take to be mailed (the acceptance tests' OrdersTarget)
     mail_timeout: float = 20.0
+    replay_timeout: float = 60.0
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -192,6 +194,11 @@ class RunningPipeline:
     def console(self) -> str:
         return self.output.read_text(errors="replace")
 
+    def function_logs(self) -> str:
+        """What the functions logged (start_pipeline's --log-file, beside the console's output)."""
+        path = self.output.parent / "functions.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
 
 def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
     state_file = tmp_path / "state.json"
@@ -229,6 +236,19 @@ def start_pipeline(tmp_path: Path, *extra_args: str) -> RunningPipeline:
         time.sleep(0.1)
     state = json.loads(state_file.read_text())
     return RunningPipeline(process, state["api_url"], state["endpoint_url"], outbox, state, output)
+
+
+def template_without_notifier_retry_queue(folder: Path) -> Path:
+    """template.yaml as a stack deployed before the automatic replay had it: the notifier's
+    mapping fails straight into NotifierDLQ."""
+    text = (ROOT / "template.yaml").read_text()
+    replaced = text.replace(
+        "Destination: !GetAtt NotifierRetryQueue.Arn", "Destination: !GetAtt NotifierDLQ.Arn"
+    )
+    assert replaced != text, "template.yaml's notifier no longer fails into NotifierRetryQueue"
+    (folder / "template.yaml").write_text(replaced)
+    shutil.copy(ROOT / "samconfig.toml", folder / "samconfig.toml")
+    return folder / "template.yaml"
 
 
 # --- the processes of a running pipeline (Linux /proc) -----------------------------------------

@@ -118,7 +118,7 @@ def test_a_pools_processes_and_the_forkserver_killed_are_all_replaced_and_every_
     # When the forkserver is killed, and with it every worker of the writer and the notifier
     base = niceness(pipeline.process.pid)
     background = [pid for pid, nice in environments(pipeline).items() if nice == base + 10]
-    assert len(background) == 5  # 4 writer workers, 1 notifier worker
+    assert len(background) == 7  # 4 writer workers, 1 notifier worker, 2 replay workers
     signal_kill(forkserver_pid(pipeline.process.pid), *background)
     wait_until(lambda: "writer 4/4 (4 replaced)" in status_lines(pipeline)[-1], timeout=60)
     taken = len(answers)
@@ -133,6 +133,7 @@ def test_a_pools_processes_and_the_forkserver_killed_are_all_replaced_and_every_
     assert "functions ingest 4/4" in last, last
     assert "writer 4/4" in last, last
     assert "notifier 1/1" in last, last
+    assert "replay 2/2" in last, last
     order_ids = [body["orderId"] for _, body in answers]
     wait_until(lambda: stored(pipeline, order_ids), timeout=60)
     wait_until(lambda: all(pipeline.order_status(order) == "NOTIFIED" for order in order_ids), timeout=60)
@@ -184,7 +185,7 @@ def test_no_process_of_the_pipeline_outlives_it_when_it_is_killed(pipeline: Runn
     # tracker, the workers
     assert post_order(pipeline)[0] == 202
     processes = set(descendants(pipeline.process.pid))
-    assert len(environments(pipeline)) == 9
+    assert len(environments(pipeline)) == 11  # ingest 4, writer 4, notifier 1, replay 2
 
     # When it is killed, with no chance to stop anything
     pipeline.process.kill()

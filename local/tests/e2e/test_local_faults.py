@@ -82,31 +82,72 @@ def test_sns_failing_half_its_publishes_then_cleared_each_order_is_mailed_once(t
     assert "NotifierDLQ 0" in pipeline.console().splitlines()[-2]
 
 
-def test_orders_mailed_but_not_marked_are_not_kept_to_be_announced_again(tmp_path: Path) -> None:
+def test_orders_mailed_but_not_marked_are_marked_by_the_replay_and_never_mailed_again(tmp_path: Path) -> None:
     # Given a pipeline whose table refuses the notifier's marking (UpdateItem, TransactWriteItems)
     # from the start; the writer's PutItem and unkeyed POSTs do not use either
     pipeline = start_pipeline(
         tmp_path,
+        "--parameter-overrides",
+        "NotifierReplayBackoffSeconds=1",
         "--fault",
         "dynamodb:UpdateItem=InternalServerError@1",
         "--fault",
         "dynamodb:TransactWriteItems=InternalServerError@1",
     )
     try:
-        # When orders are placed and mailed, and stay PLACED
+        # When orders are placed and mailed, and stay PLACED while the table refuses
         order_ids = place_orders(pipeline, 3)
         wait_until(lambda: set(order_ids) <= set(mail_counts(pipeline)), timeout=60, interval=0.5)
         assert {pipeline.order_status(order_id) for order_id in order_ids} == {"PLACED"}
+
+        # And the table takes writes again, with no command typed about the orders
+        cleared = faults(tmp_path, "clear")
+        assert cleared.returncode == 0, cleared.stderr
+
+        # Then the replay function marks them NOTIFIED, and none is mailed a second time
+        wait_until(
+            lambda: {pipeline.order_status(order_id) for order_id in order_ids} == {"NOTIFIED"},
+            timeout=60,
+            interval=0.5,
+        )
+        counts = mail_counts(pipeline)
+        assert {order_id: counts[order_id] for order_id in order_ids} == dict.fromkeys(order_ids, 1)
     finally:
-        # And the pipeline is stopped
         exit_code = pipeline.terminate(timeout=120)
 
-    # Then nothing is kept for a next run to announce again: each was mailed once
+    # And nothing is left over
     console = pipeline.console()
     assert exit_code == 0, console
     assert not list((tmp_path / "left-over").glob("*.json")), console
-    counts = mail_counts(pipeline)
-    assert {order_id: counts[order_id] for order_id in order_ids} == dict.fromkeys(order_ids, 1)
+
+
+def test_a_stream_batch_given_up_while_sns_fails_is_announced_once_sns_is_back(tmp_path: Path) -> None:
+    # Given a running pipeline whose SNS refuses every publish, with a short replay backoff
+    pipeline = start_pipeline(tmp_path, "--parameter-overrides", "NotifierReplayBackoffSeconds=2")
+    try:
+        spec = "sns:Publish=InternalError@1.0"
+        assert faults(tmp_path, "add", spec).returncode == 0
+
+        # When orders arrive, and their stream batch is given up (its retries spent) and handed to
+        # the replay function, whose first tries fail too
+        order_ids = place_orders(pipeline, 5)
+        wait_until(lambda: "Replay not finished" in pipeline.function_logs(), timeout=60, interval=0.5)
+        assert mail_counts(pipeline) == Counter()
+
+        # And SNS is back: `orderpipe faults clear`, no other command
+        assert faults(tmp_path, "clear").returncode == 0
+
+        # Then each order is announced in exactly one email, and NOTIFIED
+        wait_until(lambda: set(order_ids) <= set(mail_counts(pipeline)), timeout=60, interval=0.5)
+        wait_until(lambda: all(pipeline.order_status(order_id) == "NOTIFIED" for order_id in order_ids))
+        counts = mail_counts(pipeline)
+        assert {order_id: counts[order_id] for order_id in order_ids} == dict.fromkeys(order_ids, 1)
+    finally:
+        exit_code = pipeline.terminate(timeout=120)
+    last = pipeline.console().splitlines()[-2]
+    assert exit_code == 0, pipeline.console()
+    assert "NotifierDLQ 0" in last
+    assert "queued 0" in last
 
 
 def test_a_bad_fault_spec_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -118,14 +118,14 @@ def test_what_works_off_the_queue_and_the_stream_runs_below_the_api(pipeline: Ru
     machinery = [pid for pid in processes if pid not in endpoints and pid not in workers]
 
     # Then the API's side (the pipeline, moto's SQS, the ingest workers) keeps the priority it was
-    # started with, and the writer's and notifier's workers and moto's DynamoDB run 10 below it
+    # started with, and the writer's, notifier's and replay's workers and moto's DynamoDB run 10 below it
     base = niceness(pipeline.process.pid)
     assert niceness(moto) == base
     assert niceness(dynamodb) == base + 10
     assert sorted(niceness(pid) for pid in machinery) == [base, base]  # forkserver, resource tracker
-    # 4 ingest workers; 4 writer and 1 notifier workers
+    # 4 ingest workers; 4 writer, 1 notifier and 2 replay workers
     by_niceness = sorted(niceness(pid) for pid in workers)
-    assert by_niceness == [base] * 4 + [base + 10] * 5
+    assert by_niceness == [base] * 4 + [base + 10] * 7
 
 
 def test_only_the_pipeline_holds_the_apis_port(pipeline: RunningPipeline) -> None:

@@ -584,7 +584,8 @@ def fail_order(order_id: str, *, times: int | None = None) -> Respond:
 
 
 def dead_letters(sqs: SQSClient, stack: Stack, expected: int) -> list[dict[str, Any]]:
-    queue_url = stack.ref("NotifierDLQ")
+    """What the notifier's mapping sent to its on-failure destination (NotifierRetryQueue)."""
+    queue_url = stack.ref("NotifierRetryQueue")
     wait_until(lambda: queue_counts(sqs, queue_url)[0] == expected)
     messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
     return [json.loads(message["Body"]) for message in messages]
@@ -759,7 +760,7 @@ def test_stream_bisects_a_failing_batch_and_parks_the_poison_record(
     handler = RecordingHandler(raise_on_poison)
     source = stream_source(endpoint, stack, handler)
 
-    # When the stream is processed (the template: bisect on, 5 retries, NotifierDLQ on failure)
+    # When the stream is processed (the template: bisect on, 5 retries, NotifierRetryQueue on failure)
     source.start()
     started.append(source)
     (record,) = dead_letters(sqs, stack, expected=1)

@@ -112,6 +112,7 @@ def test_only_data_resources_are_created(stack: Stack) -> None:
     assert set(stack.resources) == {
         "OrdersQueue",
         "OrdersDLQ",
+        "NotifierRetryQueue",
         "NotifierDLQ",
         "EmailSubscriptionsDLQ",
         "OrdersTable",
@@ -140,7 +141,11 @@ def test_event_source_mappings_resolve_to_the_created_sources(stack: Stack) -> N
     assert writer["EventSourceArn"] == stack.attribute("OrdersQueue", "Arn")
     assert writer["BatchSize"] == stack.template.parameters["WriterBatchSize"]
     assert notifier["EventSourceArn"] == stack.attribute("OrdersTable", "StreamArn")
-    assert notifier["DestinationConfig"]["OnFailure"]["Destination"] == stack.attribute("NotifierDLQ", "Arn")
+    assert notifier["DestinationConfig"]["OnFailure"]["Destination"] == stack.attribute(
+        "NotifierRetryQueue", "Arn"
+    )
+    (replay,) = stack.event_source_mappings("ReplayFunction")
+    assert replay["EventSourceArn"] == stack.attribute("NotifierRetryQueue", "Arn")
     assert stack.logical_id_of(notifier["EventSourceArn"]) == "OrdersTable"
 
 

@@ -352,6 +352,7 @@ def test_code_uris_are_kept_for_the_local_pipeline() -> None:
         "IngestFunction": "functions/ingest/",
         "WriterFunction": "functions/writer/",
         "NotifierFunction": "functions/notifier/",
+        "ReplayFunction": "functions/replay/",
     }
 
 

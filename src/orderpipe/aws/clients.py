@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 import boto3
 from botocore.config import Config
 
+from orderpipe.aws.notifier_retry_queue import NotifierRetryQueue
 from orderpipe.aws.orders_queue import OrdersQueue
+from orderpipe.aws.orders_stream import OrdersStream
 from orderpipe.aws.orders_table import MARK_CONCURRENCY, OrdersTable
 from orderpipe.aws.orders_topic import OrdersTopic
 from orderpipe.settings import Settings, settings
@@ -71,7 +73,28 @@ def orders_topic() -> OrdersTopic:
     return OrdersTopic(current.orders_topic_arn, boto3.client("sns", config=config))
 
 
+@cache
+def orders_stream() -> OrdersStream:
+    return OrdersStream(boto3.client("dynamodbstreams", config=client_config(settings())))
+
+
+@cache
+def notifier_retry_queue() -> NotifierRetryQueue:
+    current = settings()
+    return NotifierRetryQueue(
+        current.notifier_retry_queue_url, boto3.client("sqs", config=client_config(current))
+    )
+
+
 def reset() -> None:
     """Forget cached settings and clients (after the environment changed)."""
-    for factory in (settings, orders_table, orders_queue, idempotency_store, orders_topic):
+    for factory in (
+        settings,
+        orders_table,
+        orders_queue,
+        idempotency_store,
+        orders_topic,
+        orders_stream,
+        notifier_retry_queue,
+    ):
         factory.cache_clear()

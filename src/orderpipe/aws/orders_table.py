@@ -74,6 +74,19 @@ class OrdersTable:
         item = response.get("Item")
         return Order.model_validate(from_attribute_values(item)) if item else None
 
+    def holds(self, order_id: str) -> bool:
+        """Whether an item with this orderId exists (whatever it holds)."""
+        try:
+            response = self.client.get_item(
+                TableName=self.table_name,
+                Key={"orderId": {"S": order_id}},
+                ProjectionExpression="orderId",
+                ConsistentRead=True,
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(f"could not read order {order_id}") from error
+        return "Item" in response
+
     def notified_order_ids(self, order_ids: Iterable[str]) -> set[str]:
         """Those of the orders that are already marked NOTIFIED (a retried stream batch)."""
         notified: set[str] = set()
@@ -96,6 +109,37 @@ class OrdersTable:
                         notified.add(item["orderId"]["S"])
                 request = dict(response.get("UnprocessedKeys") or {})
         return notified
+
+    def placed_orders_stored_between(
+        self, start: datetime, end: datetime, *, time_for_a_request: Callable[[], bool] = lambda: True
+    ) -> list[Order]:
+        """The orders still PLACED that were stored from `start` to `end`: a failed stream
+        batch's orders, once the stream no longer holds its records. A Scan (the whole table
+        read, and billed): only the replay of a failure record older than the stream's 24
+        hours needs it. Raises StorageError, also when no further request fits in time."""
+        orders: list[Order] = []
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "#status = :placed AND storedAt BETWEEN :start AND :end",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":placed": {"S": OrderStatus.PLACED.value},
+                ":start": {"S": utc_timestamp(start)},
+                ":end": {"S": utc_timestamp(end)},
+            },
+            "ConsistentRead": True,
+        }
+        while True:
+            if not time_for_a_request():
+                raise StorageError("no time left to finish reading the orders stored in the range")
+            try:
+                page = self.client.scan(**request)
+            except (ClientError, BotoCoreError) as error:
+                raise StorageError("could not read the orders stored in the range") from error
+            orders += [Order.model_validate(from_attribute_values(item)) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return orders
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def mark_notified(self, order_id: str, at: datetime | None = None) -> bool:
         """PLACED -> NOTIFIED. False if the order was not PLACED (already notified, or absent)."""

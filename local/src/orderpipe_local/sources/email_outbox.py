@@ -10,6 +10,11 @@ given), Date, Message-ID, and a UTF-8 plain-text body holding the Message (for e
 the JSON envelope). File names sort by delivery time.
 
 Unconfirmed subscriptions get mail too (nobody can click a confirmation link locally).
+
+SNS's email rate is played: past EMAILS_PER_SECOND deliveries in a second (for the whole
+pipeline, as SNS counts them per account) a delivery is refused and goes where SNS sends an
+email it could not deliver, the subscription's RedrivePolicy dead-letter queue, with the
+reason; refusals are counted in REFUSALS_FILE in the outbox, which `orderpipe doctor` reads.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import re
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -46,6 +52,12 @@ SNS_SENDER = "no-reply@sns.amazonaws.com"
 DEFAULT_DISPLAY_NAME = "AWS Notifications"
 DEFAULT_SUBJECT = "AWS Notification Message"
 SUBSCRIPTION_REFRESH_SECONDS = 2.0
+# Amazon SNS quotas, "Email messages: 10 messages per second" per account
+# (https://docs.aws.amazon.com/general/latest/gr/sns.html); past it SNS throttles and may
+# deactivate the subscription.
+EMAILS_PER_SECOND = 10
+REFUSALS_FILE = ".refused-deliveries.json"
+REFUSED_ERROR_CODE = "Throttling"
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
 
 OnEmail = Callable[[Path, str], None]
@@ -74,7 +86,9 @@ class EmailOutbox:
         self.wait_seconds = wait_seconds
         self._sqs: SQSClient = aws_client("sqs", endpoint_url, self.region)
         self._sns: SNSClient = aws_client("sns", endpoint_url, self.region)
-        self.counters = Counters(["emails", "notifications"])
+        self.counters = Counters(["emails", "notifications", "refused"])
+        self.rate_limit = EmailRateLimit(EMAILS_PER_SECOND)
+        self._dead_letter_urls: dict[str, str | None] = {}
         self.queue_url = ""
         self.queue_arn = ""
         self._subscribed_topics: set[str] = set()
@@ -92,6 +106,7 @@ class EmailOutbox:
         if self._thread is not None:
             return
         self.outbox_dir.mkdir(parents=True, exist_ok=True)
+        self._write_refusals(None)
         self.queue_url = self._sqs.create_queue(
             QueueName=self.queue_name, Attributes={"VisibilityTimeout": "30"}
         )["QueueUrl"]
@@ -150,15 +165,17 @@ class EmailOutbox:
             arns.extend(topic["TopicArn"] for topic in page.get("Topics", []))
         return arns
 
-    def _email_subscriptions(self, topic_arn: str) -> list[tuple[str, str]]:
-        """(protocol, address) of the topic's email subscriptions, confirmed or pending."""
+    def _email_subscriptions(self, topic_arn: str) -> list[tuple[str, str, str]]:
+        """(protocol, address, subscription ARN) of the topic's email subscriptions, confirmed or pending."""
         found = []
         paginator = self._sns.get_paginator("list_subscriptions_by_topic")
         for page in paginator.paginate(TopicArn=topic_arn):
             for subscription in page.get("Subscriptions", []):
                 protocol = subscription.get("Protocol", "")
                 if protocol in EMAIL_PROTOCOLS and subscription.get("Endpoint"):
-                    found.append((protocol, subscription["Endpoint"]))
+                    found.append(
+                        (protocol, subscription["Endpoint"], subscription.get("SubscriptionArn", ""))
+                    )
         return found
 
     def _display_name(self, topic_arn: str) -> str:
@@ -227,11 +244,62 @@ class EmailOutbox:
             return
         self.counters.add("notifications")
         sent = _parse_timestamp(envelope.get("Timestamp"))
-        for protocol, address in self._email_subscriptions(topic_arn):
+        for protocol, address, subscription_arn in self._email_subscriptions(topic_arn):
+            if not self.rate_limit.allow():
+                self._refuse(body, address, subscription_arn)
+                continue
             mail = self._render(envelope, sent, protocol, address)
             path = self._write(mail)
             self.counters.add("emails")
             self.on_email(path, f"{sent.astimezone():%H:%M:%S} to {address}: {mail['Subject']}")
+
+    def _refuse(self, body: str, address: str, subscription_arn: str) -> None:
+        """Put a delivery over the email rate where SNS puts an undeliverable one."""
+        self.counters.add("refused")
+        reason = f"over SNS's email rate of {EMAILS_PER_SECOND} a second; not delivered to {address}"
+        dead_letter_url = self._dead_letter_url(subscription_arn)
+        if dead_letter_url is None:
+            log.warning("%s: email %s, and the subscription has no DLQ: dropped", self.name, reason)
+        else:
+            self._sqs.send_message(
+                QueueUrl=dead_letter_url,
+                MessageBody=body,
+                MessageAttributes={
+                    "ErrorCode": {"DataType": "String", "StringValue": REFUSED_ERROR_CODE},
+                    "ErrorMessage": {"DataType": "String", "StringValue": reason},
+                    "SubscriptionArn": {"DataType": "String", "StringValue": subscription_arn},
+                },
+            )
+            log.warning("%s: email %s; parked in its DLQ", self.name, reason)
+        self._write_refusals(reason)
+
+    def _dead_letter_url(self, subscription_arn: str) -> str | None:
+        if subscription_arn not in self._dead_letter_urls:
+            url = None
+            try:
+                attributes = self._sns.get_subscription_attributes(SubscriptionArn=subscription_arn)[
+                    "Attributes"
+                ]
+                target = json.loads(attributes.get("RedrivePolicy") or "{}").get("deadLetterTargetArn")
+                if target:
+                    account, name = target.split(":")[4:6]
+                    url = self._sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+            except (ValueError, self._sns.exceptions.ClientError) as exc:
+                log.warning("%s: no DLQ found for %s: %s", self.name, subscription_arn, exc)
+            self._dead_letter_urls[subscription_arn] = url
+        return self._dead_letter_urls[subscription_arn]
+
+    def _write_refusals(self, reason: str | None) -> None:
+        refusals = {
+            "refused": self.counters.snapshot()["refused"],
+            "emails_per_second": EMAILS_PER_SECOND,
+            "last": datetime.now(UTC).isoformat() if reason else None,
+            "reason": reason,
+        }
+        path = self.outbox_dir / REFUSALS_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(refusals) + "\n")
+        temporary.replace(path)
 
     def _render(self, envelope: dict[str, Any], sent: datetime, protocol: str, address: str) -> EmailMessage:
         topic_arn = envelope["TopicArn"]
@@ -266,6 +334,26 @@ class EmailOutbox:
             if not path.exists():
                 os.replace(tmp.name, path)
                 return path
+
+
+class EmailRateLimit:
+    """At most `per_second` deliveries in any sliding one-second window."""
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        now = self._clock()
+        with self._lock:
+            while self._recent and now - self._recent[0] >= 1.0:
+                self._recent.popleft()
+            if len(self._recent) >= self.per_second:
+                return False
+            self._recent.append(now)
+            return True
 
 
 def _header_text(text: str) -> str:
