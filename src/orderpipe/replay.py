@@ -1,6 +1,6 @@
 """The replay step: finish what the notifier could not, from NotifierRetryQueue, without a human.
 
-Each message is one of two things (`orderpipe.aws.notifier_retry_queue`):
+Each message is one of three things (`orderpipe.aws.notifier_retry_queue`):
 - a failure record Lambda sent when it gave up a stream batch (retries spent, or records too
   old). The batch's records are read back from the stream over the record's sequence-number
   range; once the stream no longer holds them (24 hours), the orders still PLACED that were
@@ -8,15 +8,20 @@ Each message is one of two things (`orderpipe.aws.notifier_retry_queue`):
   announced by the notifier's own code (`announce_new_orders`): one email for the batch (or the
   parts SNS's size limit forces), the orders already NOTIFIED left out, each email's orders
   marked as soon as it is out;
-- `UnmarkedOrders`: orders emailed whose marking failed. They are marked, never mailed again.
+- `UnmarkedOrders`: orders emailed whose marking failed. They are marked, never mailed again;
+- `PendingOrders`: the orders of a replayed batch still to announce, read from the table.
 A message not finished (SNS still failing, a record that does not parse, DynamoDB refusing)
 fails alone, and is hidden for a backoff that doubles with each receive (REPLAY_BACKOFF_SECONDS,
 at most an hour); after the queue's maxReceiveCount receives, SQS moves it to NotifierDLQ,
 which is alarmed, and `orderpipe dlq replay notifier` brings it back once the cause is fixed.
+Once part of a message's orders was mailed, it is not retried as a whole (that would mail again
+those of its orders whose marking failed): the orders left are handed over as `PendingOrders`
+and the message succeeds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +30,7 @@ from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import BaseModel, Json, ValidationError
 
 from orderpipe.aws import clients
-from orderpipe.aws.notifier_retry_queue import UnmarkedOrders
+from orderpipe.aws.notifier_retry_queue import PendingOrders, RetryQueueUnavailable, UnmarkedOrders
 from orderpipe.aws.orders_stream import StreamRangeGone
 from orderpipe.batch import FailureLoggingProcessor
 from orderpipe.models import Order
@@ -38,8 +43,10 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 MAX_BACKOFF_SECONDS = 3600
-# ApproximateCreationDateTime is rounded down to the second: the table window is widened by it.
-_ARRIVAL_PRECISION = timedelta(seconds=1)
+# The writer stamps storedAt before its PutItem, which may take a call budget (3 s) and retries to
+# commit, and the stream's ApproximateCreationDateTime is rounded down to the second: the table
+# window is widened on both sides by more than that.
+_STORED_AT_MARGIN = timedelta(seconds=10)
 
 
 class StreamBatchInfo(BaseModel):
@@ -60,7 +67,7 @@ class StreamBatchFailure(BaseModel):
 
 
 class RetryMessage(SqsRecordModel):
-    body: Json[StreamBatchFailure | UnmarkedOrders]
+    body: Json[StreamBatchFailure | UnmarkedOrders | PendingOrders]
 
 
 class NotFinished(RuntimeError):
@@ -82,21 +89,17 @@ def backoff_seconds(receive_count: int) -> int:
     return int(min(base * 2 ** max(receive_count - 1, 0), MAX_BACKOFF_SECONDS))
 
 
-def orders_of_failed_batch(failure: StreamBatchFailure, deadline: Deadline) -> list[Order]:
-    """The new orders of a given-up stream batch: from the stream, or the table once trimmed."""
+def orders_of_failed_batch(failure: StreamBatchFailure, deadline: Deadline) -> tuple[list[Order], list[str]]:
+    """The new orders of a given-up stream batch, from the stream or, once it is trimmed, the
+    table; and the ids of its records that are no order (their items still there)."""
     info = failure.DDBStreamBatchInfo
-    call_budget = settings().aws_call_budget_seconds
-
-    def time_for_a_request() -> bool:
-        return deadline.allows(call_budget)
-
     try:
         records = clients.orders_stream().records_between(
             info.streamArn,
             info.shardId,
             info.startSequenceNumber,
             info.endSequenceNumber,
-            time_for_a_request=time_for_a_request,
+            time_for_a_request=_time_for_a_request(deadline),
         )
     except StreamRangeGone:
         logger.warning(
@@ -108,30 +111,53 @@ def orders_of_failed_batch(failure: StreamBatchFailure, deadline: Deadline) -> l
             },
         )
         metrics.add_metric(name="ReplaysFromTable", unit=MetricUnit.Count, value=1)
-        return clients.orders_table().placed_orders_stored_between(
-            info.approximateArrivalOfFirstRecord - _ARRIVAL_PRECISION,
-            info.approximateArrivalOfLastRecord + 2 * _ARRIVAL_PRECISION,
-            time_for_a_request=time_for_a_request,
+        stored = clients.orders_table().placed_orders_stored_between(
+            info.approximateArrivalOfFirstRecord - _STORED_AT_MARGIN,
+            info.approximateArrivalOfLastRecord + _STORED_AT_MARGIN,
+            time_for_a_request=_time_for_a_request(deadline),
         )
-    orders = []
+        return stored, []
+    orders: list[Order] = []
+    not_orders: list[str] = []
     for record in records:
         try:
             change = OrderStreamRecord.model_validate({**record, "eventSourceARN": info.streamArn})
         except ValidationError:
-            if _item_is_gone(record):
-                continue
-            # The item is still there and no order: retried, then parked in NotifierDLQ for a human.
-            raise
+            order_id = record.get("dynamodb", {}).get("Keys", {}).get("orderId", {}).get("S")
+            if order_id and not _item_is_gone(order_id):
+                not_orders.append(order_id)  # still there and no order: for a human, after retries
+            continue
         order = new_order_of(change)
         if order is not None:
             orders.append(order)
-    return orders
+    return orders, not_orders
 
 
-def _item_is_gone(record: dict[str, Any]) -> bool:
+def pending_orders(work: PendingOrders) -> tuple[list[Order], list[str]]:
+    """The orders handed over to announce, as the table holds them now (absent ones left out);
+    and the ids of items that are no order."""
+    table = clients.orders_table()
+    orders: list[Order] = []
+    not_orders: list[str] = []
+    for order_id in work.order_ids:
+        try:
+            order = table.get_order(order_id)
+        except ValidationError:
+            not_orders.append(order_id)
+            continue
+        if order is not None:
+            orders.append(order)
+    return orders, not_orders
+
+
+def _time_for_a_request(deadline: Deadline) -> Callable[[], bool]:
+    budget = settings().aws_call_budget_seconds
+    return lambda: deadline.allows(budget)
+
+
+def _item_is_gone(order_id: str) -> bool:
     """A record that is no order, whose item was deleted since: there is nothing to announce."""
-    order_id = record.get("dynamodb", {}).get("Keys", {}).get("orderId", {}).get("S")
-    if not order_id or clients.orders_table().holds(order_id):
+    if clients.orders_table().holds(order_id):
         return False
     logger.warning(
         "Stream record that is no order, its item deleted since: skipped", extra={"order_id": order_id}
@@ -144,7 +170,7 @@ def replay(message: RetryMessage, deadline: Deadline) -> None:
     work = message.body
     if isinstance(work, UnmarkedOrders):
         result = clients.orders_table().mark_all_notified(
-            work.order_ids, time_for_a_request=lambda: deadline.allows(settings().aws_call_budget_seconds)
+            work.order_ids, time_for_a_request=_time_for_a_request(deadline)
         )
         logger.info(
             "Announced orders marked NOTIFIED",
@@ -153,16 +179,32 @@ def replay(message: RetryMessage, deadline: Deadline) -> None:
         if result.failed:
             raise NotFinished(f"{len(result.failed)} order(s) still not marked NOTIFIED: {result.failed}")
         return
-    orders = orders_of_failed_batch(work, deadline)
+    if isinstance(work, PendingOrders):
+        orders, not_orders = pending_orders(work)
+        condition = "PendingOrders"
+    else:
+        orders, not_orders = orders_of_failed_batch(work, deadline)
+        condition = str(work.requestContext.get("condition"))
+    # Raises if the first email fails: nothing left, so the message is retried whole.
     announcement = announce_new_orders(orders, deadline)
     logger.info(
-        "Failed stream batch replayed",
-        extra={"condition": work.requestContext.get("condition"), "order_ids": announcement.announced},
+        "Failed notification replayed", extra={"condition": condition, "order_ids": announcement.announced}
     )
     if announcement.announced:
         metrics.add_metric(name="OrdersReplayed", unit=MetricUnit.Count, value=len(announcement.announced))
-    if announcement.not_announced:
-        raise NotFinished(f"{len(announcement.not_announced)} order(s) not announced yet")
+    left = announcement.not_announced + not_orders
+    if not left:
+        return
+    if not announcement.announced:
+        raise NotFinished(f"{len(left)} order(s) not announced yet")
+    try:
+        message_id = clients.notifier_retry_queue().send_pending(left)
+    except RetryQueueUnavailable as error:
+        raise NotFinished(f"{len(left)} order(s) not announced yet, and not handed over") from error
+    logger.warning(
+        "Part of a failed notification announced; the rest handed over to announce",
+        extra={"order_ids": left, "sqs_message_id": message_id},
+    )
 
 
 def replay_failed_notifications(

@@ -8,6 +8,7 @@ stream gave the orders stored here.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,14 +20,21 @@ from orderpipe.aws import clients
 from orderpipe.aws.notifier_retry_queue import UnmarkedOrders
 from orderpipe.aws.orders_table import from_attribute_values, to_attribute_values
 from orderpipe.models import Order, utc_timestamp
-from orderpipe.replay import MAX_BACKOFF_SECONDS, backoff_seconds
+from orderpipe.replay import backoff_seconds
 from orderpipe_local.runtime.lambda_context import LocalLambdaContext
 from orderpipe_local.stack.provision import Stack
 from orderpipe_local.stack.template import Template
 from orderpipe_local.testing import load_event
 from tests.integration.aws_faults import fail_calls
 from tests.integration.conftest import Email, handler_of
-from tests.integration.test_notifier import Handler, failed_ids, status_of
+from tests.integration.test_notifier import (
+    FlakyTopic,
+    Handler,
+    big_insert_event,
+    failed_ids,
+    metric_total,
+    status_of,
+)
 
 SINGLE_ORDER = load_event("notifier-stream-insert.json")["Records"][0]["dynamodb"]["NewImage"]
 
@@ -85,29 +93,48 @@ def given_up(stack: Stack, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def delivered(stack: Stack, body: dict[str, Any] | str) -> dict[str, Any]:
+def delivered(stack: Stack, body: dict[str, Any] | str, visibility_timeout: int = 30) -> dict[str, Any]:
     """The SQS event Lambda invokes the replay with, for `body` sent to NotifierRetryQueue."""
+    boto3.client("sqs").send_message(
+        QueueUrl=stack.ref("NotifierRetryQueue"),
+        MessageBody=body if isinstance(body, str) else json.dumps(body),
+    )
+    (event,) = waiting(stack, visibility_timeout)
+    return event
+
+
+def waiting(stack: Stack, visibility_timeout: int = 30) -> list[dict[str, Any]]:
+    """An SQS event for each message NotifierRetryQueue holds now, as Lambda would receive them."""
     sqs = boto3.client("sqs")
     queue_url = stack.ref("NotifierRetryQueue")
-    sqs.send_message(QueueUrl=queue_url, MessageBody=body if isinstance(body, str) else json.dumps(body))
-    (message,) = sqs.receive_message(QueueUrl=queue_url, AttributeNames=["All"], VisibilityTimeout=30)[
-        "Messages"
-    ]
-    return {
-        "Records": [
+    events = []
+    while messages := sqs.receive_message(
+        QueueUrl=queue_url,
+        AttributeNames=["All"],
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=visibility_timeout,
+    ).get("Messages"):
+        events += [
             {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": message["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": message["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": stack.attribute("NotifierRetryQueue", "Arn"),
-                "awsRegion": "us-east-1",
+                "Records": [
+                    {
+                        "messageId": message["MessageId"],
+                        "receiptHandle": message["ReceiptHandle"],
+                        "body": message["Body"],
+                        "attributes": message["Attributes"],
+                        "messageAttributes": {},
+                        "md5OfBody": message["MD5OfBody"],
+                        "eventSource": "aws:sqs",
+                        "eventSourceARN": stack.attribute("NotifierRetryQueue", "Arn"),
+                        "awsRegion": "us-east-1",
+                    }
+                ]
             }
+            for message in messages
         ]
-    }
+        if visibility_timeout == 0:
+            break  # each receive would bring the same messages again
+    return events
 
 
 def test_a_given_up_batch_is_announced_in_one_email_and_a_second_delivery_mails_nothing(
@@ -172,15 +199,18 @@ def test_while_sns_still_fails_the_message_fails_alone_and_waits_out_its_backoff
     clients.reset()
     order_ids = store_orders(2)
     fail_calls(clients.orders_topic().client, "Publish", "InternalError", status=500)
-    event = delivered(stack, given_up(stack, stream_inserts(stack)))
+    # (received as Lambda's poller would, but hidden for only 1 s by the receive itself)
+    event = delivered(stack, given_up(stack, stream_inserts(stack)), visibility_timeout=1)
 
     # When
     response = replay(event, replay_context())
 
     # Then the message is reported failed, nothing is marked, and it stays hidden for its backoff
+    # (0: back at once), past the receive's own 1 s
     assert failed_ids(response) == [event["Records"][0]["messageId"]]
     assert inbox() == []
     assert {status_of(stack, order_id) for order_id in order_ids} == {"PLACED"}
+    time.sleep(1.5)
     again = boto3.client("sqs").receive_message(QueueUrl=stack.ref("NotifierRetryQueue")).get("Messages", [])
     assert len(again) == (1 if backoff == 0 else 0)
 
@@ -199,7 +229,6 @@ def test_the_backoff_doubles_with_each_receive_up_to_an_hour(monkeypatch: pytest
         3600,
         3600,
     ]
-    assert MAX_BACKOFF_SECONDS == 3600
 
 
 def test_once_the_stream_no_longer_holds_the_range_its_orders_still_placed_come_from_the_table(
@@ -270,7 +299,11 @@ def test_a_message_that_is_neither_kind_fails_alone(stack: Stack, replay: Handle
     "fixture", ["replay-sqs-stream-batch-given-up.json", "replay-sqs-unmarked-orders.json"]
 )
 def test_replay_fixtures_run_to_completion(
-    stack: Stack, replay: Handler, inbox: Callable[[], list[Email]], fixture: str
+    stack: Stack,
+    replay: Handler,
+    inbox: Callable[[], list[Email]],
+    capsys: pytest.CaptureFixture[str],
+    fixture: str,
 ) -> None:
     # Given the fixture's order stored and PLACED, its stream long gone (the fixture's stream ARN
     # names no stream here: the table is read instead), and its receipt handle unknown to SQS
@@ -279,15 +312,23 @@ def test_replay_fixtures_run_to_completion(
     # When
     response = replay(load_event(fixture), replay_context())
 
-    # Then the record succeeds: the given-up batch's window (2024) holds no PLACED order stored
-    # now, so nothing is mailed; the unmarked order is marked
+    # Then the record succeeds: the given-up batch is looked for in the table, whose window (2024)
+    # holds no PLACED order stored now, so nothing is mailed; the unmarked order is marked
     assert failed_ids(response) == []
     assert inbox() == []
-    expected = "NOTIFIED" if fixture == "replay-sqs-unmarked-orders.json" else "PLACED"
-    assert status_of(stack, "3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51") == expected
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    from_table = sum(
+        metric_total(document, "ReplaysFromTable") for document in emf if "ReplaysFromTable" in document
+    )
+    if fixture == "replay-sqs-unmarked-orders.json":
+        assert status_of(stack, "3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51") == "NOTIFIED"
+        assert from_table == 0
+    else:
+        assert status_of(stack, "3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51") == "PLACED"
+        assert from_table == 1
 
 
-def test_a_record_that_is_no_order_fails_the_replay_until_its_item_is_gone(
+def test_a_record_that_is_no_order_blocks_nothing_and_waits_for_its_item_to_go(
     stack: Stack, replay: Handler, inbox: Callable[[], list[Email]]
 ) -> None:
     # Given a failed batch of an order and an item that is no order
@@ -296,17 +337,67 @@ def test_a_record_that_is_no_order_fails_the_replay_until_its_item_is_gone(
     dynamodb.put_item(
         TableName=stack.ref("OrdersTable"), Item={"orderId": {"S": "broken"}, "status": {"S": "PLACED"}}
     )
-    failure = given_up(stack, stream_inserts(stack))
 
-    # When it is replayed while the item is there, then once it is deleted
-    while_there = replay(delivered(stack, failure), replay_context())
-    dynamodb.delete_item(TableName=stack.ref("OrdersTable"), Key={"orderId": {"S": "broken"}})
-    once_gone = replay(delivered(stack, failure), replay_context())
+    # When it is replayed
+    first = replay(delivered(stack, given_up(stack, stream_inserts(stack))), replay_context())
 
-    # Then the first try fails (for a human to look at, after its retries), and mails nothing;
-    # the second announces the order alone
-    assert len(failed_ids(while_there)) == 1
-    assert failed_ids(once_gone) == []
+    # Then the order is announced, and the broken record alone is handed over, which fails while
+    # its item is there (for a human, after its tries) and succeeds once it is deleted
+    assert failed_ids(first) == []
     ((_, body),) = inbox()
     assert order_ids[0] in body
     assert status_of(stack, order_ids[0]) == "NOTIFIED"
+    (pending,) = waiting(stack, visibility_timeout=1)
+    assert json.loads(pending["Records"][0]["body"]) == {"kind": "PendingOrders", "orderIds": ["broken"]}
+    assert len(failed_ids(replay(pending, replay_context()))) == 1
+    dynamodb.delete_item(TableName=stack.ref("OrdersTable"), Key={"orderId": {"S": "broken"}})
+    boto3.client("sqs").change_message_visibility(
+        QueueUrl=stack.ref("NotifierRetryQueue"),
+        ReceiptHandle=pending["Records"][0]["receiptHandle"],
+        VisibilityTimeout=0,
+    )
+    (pending,) = waiting(stack)
+    assert failed_ids(replay(pending, replay_context())) == []
+    assert inbox() == []
+
+
+def test_once_part_of_a_batch_is_mailed_a_retry_takes_only_the_rest(
+    stack: Stack, replay: Handler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a given-up batch that takes two emails; the first goes out but its orders cannot be
+    # marked (the table refuses), and SNS refuses the second
+    _, order_ids = big_insert_event(stack, 3)
+    failure = given_up(stack, stream_inserts(stack))
+    table = clients.orders_table().client
+    undo_marking = [
+        fail_calls(table, "TransactWriteItems", "InternalServerError", status=500),
+        fail_calls(table, "UpdateItem", "InternalServerError", status=500),
+    ]
+    topic = FlakyTopic(failing_calls={2})
+    monkeypatch.setattr(clients.orders_topic(), "publish", topic.publish)
+
+    # When the replay takes the failure record
+    response = replay(delivered(stack, failure), replay_context())
+
+    # Then the record succeeds (a retry of all of it would mail the first email's orders again):
+    # the first email's orders are handed over to be marked, the rest to be announced
+    (first_part,) = topic.published
+    rest = [order_id for order_id in order_ids if order_id not in first_part.order_ids]
+    assert rest
+    assert failed_ids(response) == []
+    handed_over = [json.loads(event["Records"][0]["body"]) for event in waiting(stack)]
+    assert sorted(handed_over, key=lambda work: str(work["kind"])) == [
+        {"kind": "PendingOrders", "orderIds": rest},
+        {"kind": "UnmarkedOrders", "orderIds": list(first_part.order_ids)},
+    ]
+
+    # When the table and SNS are back and both are replayed
+    for undo in undo_marking:
+        undo()
+    for body in handed_over:
+        assert failed_ids(replay(delivered(stack, body), replay_context())) == []
+
+    # Then every order was mailed exactly once, and is NOTIFIED
+    announced = [order_id for email in topic.published for order_id in email.order_ids]
+    assert sorted(announced) == sorted(order_ids)
+    assert {status_of(stack, order_id) for order_id in order_ids} == {"NOTIFIED"}

@@ -348,9 +348,9 @@ EXPECTED_ALARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "NotifierThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("NotifierFunction")}),
     "ReplayErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": ref("ReplayFunction")}),
     "ReplayThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": ref("ReplayFunction")}),
-    "NotifierRetryQueueAgeAlarm": (
+    "NotifierRetryQueueBacklogAlarm": (
         "AWS/SQS",
-        "ApproximateAgeOfOldestMessage",
+        "ApproximateNumberOfMessagesNotVisible",
         {"QueueName": get_att("NotifierRetryQueue", "QueueName")},
     ),
     "OrdersDLQAgeAlarm": (

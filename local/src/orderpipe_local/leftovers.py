@@ -117,16 +117,16 @@ def from_journal(journal: Path, stack: Stack, outbox_dir: Path) -> Leftovers:
 
 
 def is_replay_work(body: str) -> bool:
-    """A stream batch's failure record, or orders handed over to be marked (NotifierRetryQueue's
-    and NotifierDLQ's messages): not kept. They point into the stream and the table, which go
-    with the endpoint; the orders they name are kept as items if not announced (a next run's
-    stream announces them), and were mailed if handed over to be marked."""
+    """A stream batch's failure record, or orders handed over to be marked or announced
+    (NotifierRetryQueue's and NotifierDLQ's messages): not kept. They point into the stream and
+    the table, which go with the endpoint; the orders they name are kept as items if not
+    announced (a next run's stream announces them), and were mailed if handed over to be marked."""
     try:
         message = json.loads(body)
     except ValueError:
         return False
     return isinstance(message, dict) and (
-        "DDBStreamBatchInfo" in message or message.get("kind") == "UnmarkedOrders"
+        "DDBStreamBatchInfo" in message or message.get("kind") in ("UnmarkedOrders", "PendingOrders")
     )
 
 

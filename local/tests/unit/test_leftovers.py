@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orderpipe.aws.notifier_retry_queue import UnmarkedOrders
+from orderpipe.aws.notifier_retry_queue import PendingOrders, UnmarkedOrders
 from orderpipe_local.leftovers import is_replay_work
 from orderpipe_local.testing import load_event
 
@@ -17,8 +17,11 @@ def test_a_stream_batch_failure_record_is_replay_work() -> None:
     assert is_replay_work(body)
 
 
-def test_orders_handed_over_to_be_marked_are_replay_work() -> None:
-    assert is_replay_work(UnmarkedOrders(order_ids=["3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51"]).to_message())
+def test_orders_handed_over_to_be_marked_or_announced_are_replay_work() -> None:
+    order_ids = ["3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51"]
+
+    assert is_replay_work(UnmarkedOrders(order_ids=order_ids).to_message())
+    assert is_replay_work(PendingOrders(order_ids=order_ids).to_message())
 
 
 @pytest.mark.parametrize(

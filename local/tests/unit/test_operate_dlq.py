@@ -200,3 +200,19 @@ def test_an_undelivered_email_shows_what_sns_put_there() -> None:
 )
 def test_ages_read_as_an_operator_says_them(seconds: float, text: str) -> None:
     assert format_age(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("kind", "meaning"),
+    [
+        ("UnmarkedOrders", "emailed, still to be marked NOTIFIED"),
+        ("PendingOrders", "of a failed batch partly mailed, still to be announced"),
+    ],
+)
+def test_the_replays_own_messages_say_what_is_left_of_which_orders(kind: str, meaning: str) -> None:
+    body = json.dumps({"kind": kind, "orderIds": ["3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51"]})
+
+    failed = failed_message(sqs_message(body), NOTIFIER_DLQ)
+
+    assert failed.reason.startswith(meaning)
+    assert failed.reason.endswith("1 order(s) 3f6c2a7e-1b9d-4c58-9e2f-7a1d0b4c8e51")

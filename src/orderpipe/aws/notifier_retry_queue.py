@@ -1,8 +1,10 @@
 """NotifierRetryQueue: what the notifier could not finish, for the replay function to finish.
 
-It holds two kinds of message: the failure records Lambda sends when it gives up a stream batch
-(the mapping's on-failure destination, written by Lambda), and ours, `UnmarkedOrders`, the ids
-of orders already emailed whose NOTIFIED marking failed (written here). The queue's redrive
+It holds three kinds of message: the failure records Lambda sends when it gives up a stream batch
+(the mapping's on-failure destination, written by Lambda), and two of ours (written here):
+`UnmarkedOrders`, the ids of orders already emailed whose NOTIFIED marking failed, and
+`PendingOrders`, the ids of a replayed batch's orders still to announce once part of it was
+mailed (so that a retry never takes the whole batch again). The queue's redrive
 policy moves a message that fails the replay too, a bounded number of times, to NotifierDLQ.
 """
 
@@ -33,6 +35,18 @@ class UnmarkedOrders(BaseModel):
         return self.model_dump_json(by_alias=True)
 
 
+class PendingOrders(BaseModel):
+    """Orders still to announce (read from the table; those no longer PLACED are left out)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+    kind: Literal["PendingOrders"] = "PendingOrders"
+    order_ids: list[str] = Field(alias="orderIds", min_length=1)
+
+    def to_message(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
 class RetryQueueUnavailable(RuntimeError):
     """SQS refused the message or did not answer."""
 
@@ -44,12 +58,17 @@ class NotifierRetryQueue:
 
     def send_unmarked(self, order_ids: list[str]) -> str:
         """Hand the replay function orders to mark NOTIFIED; returns the SQS message id."""
+        return self._send(UnmarkedOrders(order_ids=order_ids))
+
+    def send_pending(self, order_ids: list[str]) -> str:
+        """Hand the replay function orders still to announce; returns the SQS message id."""
+        return self._send(PendingOrders(order_ids=order_ids))
+
+    def _send(self, work: UnmarkedOrders | PendingOrders) -> str:
         try:
-            response = self.client.send_message(
-                QueueUrl=self.queue_url, MessageBody=UnmarkedOrders(order_ids=order_ids).to_message()
-            )
+            response = self.client.send_message(QueueUrl=self.queue_url, MessageBody=work.to_message())
         except (ClientError, BotoCoreError) as error:
-            raise RetryQueueUnavailable(f"could not queue {len(order_ids)} unmarked order(s)") from error
+            raise RetryQueueUnavailable(f"could not queue {len(work.order_ids)} {work.kind}") from error
         return response["MessageId"]
 
     def postpone(self, receipt_handle: str, seconds: int) -> bool:

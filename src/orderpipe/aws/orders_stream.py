@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 GET_RECORDS_LIMIT = 1000
 # GetRecords may answer an empty page before the records of an open shard; after this many in a
-# row the range is taken as read to its end (a shard holds at most 1000 records a second).
+# row the read is given up for now (and retried), never taken as the end of the range.
 _EMPTY_PAGES_LIMIT = 5
 # What DynamoDB answers when the records are past the stream's 24 hours, or the stream is gone.
 _RANGE_GONE = {"TrimmedDataAccessException", "ExpiredIteratorException", "ResourceNotFoundException"}
@@ -41,8 +41,9 @@ class OrdersStream:
         time_for_a_request: Callable[[], bool] = lambda: True,
     ) -> list[dict[str, Any]]:
         """The shard's records from sequence number `first` to `last`, both included, as
-        GetRecords answers them; raises StreamRangeGone, or StreamUnavailable (also when
-        `time_for_a_request()` says no further request fits)."""
+        GetRecords answers them; raises StreamRangeGone, or StreamUnavailable when the read
+        did not reach `last` (no further request fits in time, or page after page came back
+        empty): a range returned is always whole."""
         end = int(last)
         records: list[dict[str, Any]] = []
         iterator: str | None = self._call(
@@ -66,9 +67,10 @@ class OrdersStream:
                     return records
             empty_pages = 0 if page.get("Records") else empty_pages + 1
             if empty_pages >= _EMPTY_PAGES_LIMIT:
-                break
+                raise StreamUnavailable(f"{shard_id}: {empty_pages} empty pages before {last}")
             iterator = page.get("NextShardIterator")
-        return records  # the shard closed (or stayed empty) before `last`
+        # `last` is in this shard (Lambda read it there): a shard that ends before it was misread.
+        raise StreamUnavailable(f"{shard_id} ended before {last}")
 
     @staticmethod
     def _call(operation: Callable[..., Any], **parameters: Any) -> dict[str, Any]:

@@ -313,6 +313,13 @@ def sns_failure_reason(message: Mapping[str, Any]) -> str:
     return f"{what}: {given}" if given else f"{what}: SNS set no message attributes"
 
 
+# The replay's own messages (orderpipe.aws.notifier_retry_queue), and what each one means.
+_REPLAY_WORK = {
+    "UnmarkedOrders": "emailed, still to be marked NOTIFIED (the replay could not)",
+    "PendingOrders": "of a failed batch partly mailed, still to be announced",
+}
+
+
 def failed_message(message: Mapping[str, Any], dlq: DeadLetterQueue) -> FailedMessage:
     attributes = message.get("Attributes", {})
     body: Any
@@ -323,6 +330,11 @@ def failed_message(message: Mapping[str, Any], dlq: DeadLetterQueue) -> FailedMe
     order_id = None
     if isinstance(body, dict) and "DDBStreamBatchInfo" in body:
         reason = stream_failure_reason(body)
+    elif isinstance(body, dict) and body.get("kind") in _REPLAY_WORK:
+        ids = [str(order_id) for order_id in body.get("orderIds", [])]
+        reason = f"{_REPLAY_WORK[body['kind']]}: {len(ids)} order(s) {', '.join(ids[:5])}" + (
+            ", ..." if len(ids) > 5 else ""
+        )
     elif (isinstance(body, dict) and body.get("Type") == "Notification") or (
         any(s.kind == "subscription" for s in dlq.sources) and not dlq.holds_orders
     ):
