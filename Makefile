@@ -34,12 +34,17 @@ $(CHECKOV_VENV)/.installed: requirements/checkov.lock
 # Resolves requirements/dev.in and both pyprojects into the lock, for Python 3.11 and later on any
 # platform, with the hashes of every file. Pins that still fit are kept (add a dependency, run
 # `make lock`, and nothing else moves); `make lock UPGRADE=1` moves every pin to the newest allowed.
+# requirements/lambda.txt is the product's share of dev.lock for the functions' runtime (python3.13
+# on arm64): `sam build` installs from it, so Lambda runs the versions the tests ran with. It pins
+# versions, not hashes: pip's hash mode refuses the `.` (the library itself) each function installs.
 lock: dev
 	$(BIN)/uv pip compile requirements/dev.in --universal --python-version 3.11 --generate-hashes \
 	    $(if $(UPGRADE),--upgrade) --no-emit-package orderpipe --no-emit-package orderpipe-local \
 	    --quiet -o requirements/dev.lock
 	$(BIN)/uv pip compile requirements/checkov.in --universal --python-version 3.11 --generate-hashes \
 	    $(if $(UPGRADE),--upgrade) --quiet -o requirements/checkov.lock
+	$(BIN)/uv pip compile pyproject.toml -c requirements/dev.lock --python-version 3.13 \
+	    --python-platform aarch64-manylinux2014 --no-header --quiet -o requirements/lambda.txt
 
 run: dev
 	$(BIN)/orderpipe local

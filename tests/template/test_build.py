@@ -1,11 +1,13 @@
 """What `sam build` packs is the product alone (DESIGN invariant 7): no module of the local
-runner, nor the emulator and transform it runs on, in any built function.
+runner, nor the emulator and transform it runs on, in any built function; and its dependencies
+at the versions requirements/dev.lock pins, the ones the tests run with.
 
 `make test` builds before it runs pytest; run alone, these tests read the last `make build`.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from orderpipe_local.stack.template import Template, load_template
 from orderpipe_local.testing import ROOT
 
 BUILD = ROOT / ".aws-sam" / "build"
+DEV_LOCK = ROOT / "requirements" / "dev.lock"
+LAMBDA_REQUIREMENTS = ROOT / "requirements" / "lambda.txt"
 
 # Top-level names that only the runner and its test harness use.
 RUNNER_ONLY = ("orderpipe_local", "moto", "samtranslator")
@@ -102,3 +106,50 @@ def test_the_check_finds_a_runner_module_packed_by_mistake(tmp_path: Path) -> No
         "moto-5.2.5.dist-info",
         "orderpipe/stack/provision.py",
     ]
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_versions(requirements: Path) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", requirements.read_text(), re.MULTILINE)
+    return {canonical(name): version for name, version in pins}
+
+
+def built_versions(function_dir: Path) -> dict[str, str]:
+    """Each distribution installed in a built function folder, by its dist-info's name."""
+    names = (path.name.removesuffix(".dist-info").split("-", 1) for path in function_dir.glob("*.dist-info"))
+    return {canonical(name): version for name, version in names}
+
+
+def test_the_functions_requirements_are_the_locks_pins(template: Template) -> None:
+    lambda_pins = pinned_versions(LAMBDA_REQUIREMENTS)
+    dev_pins = pinned_versions(DEV_LOCK)
+
+    assert {"pydantic", "aws-lambda-powertools"} <= lambda_pins.keys()
+    assert lambda_pins == {name: dev_pins.get(name) for name in lambda_pins}, "run `make lock`"
+    for function_id, code_uri in template.source_code_uris.items():
+        requirements = (ROOT / code_uri / "requirements.txt").read_text().splitlines()
+        assert "-r ../../requirements/lambda.txt" in requirements, function_id
+
+
+def test_every_built_distribution_is_the_locked_version(template: Template) -> None:
+    dirs = built_function_dirs(template)
+    if not all(function_dir.is_dir() for function_dir in dirs):
+        pytest.skip("run `make build` first (make test does)")
+    dev_pins = pinned_versions(DEV_LOCK)
+
+    for function_dir in dirs:
+        built = built_versions(function_dir)
+        built.pop("orderpipe")
+        assert "pydantic-core" in built, function_dir.name
+        assert built == {name: dev_pins.get(name) for name in built}, function_dir.name
+
+
+def test_the_version_check_reads_dist_info_names(tmp_path: Path) -> None:
+    (tmp_path / "pydantic_core-2.46.5.dist-info").mkdir()
+    (tmp_path / "aws_lambda_powertools-3.37.0.dist-info").mkdir()
+    (tmp_path / "orderpipe").mkdir()
+
+    assert built_versions(tmp_path) == {"pydantic-core": "2.46.5", "aws-lambda-powertools": "3.37.0"}
