@@ -9,7 +9,6 @@ discover from the template what is a dead-letter queue, instead of naming them.
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,6 @@ class OperatedStack:
 
 def local_stack(root: Path, state_file: Path) -> OperatedStack:
     """The running `orderpipe local` whose state file this is."""
-    logging.getLogger("samtranslator").setLevel(logging.ERROR)  # its feature-toggle chatter
     state = PipelineState.read(state_file)
     if state is None:
         raise StackNotFound("no orderpipe local is running here: start it (make run), or give --stack-name")

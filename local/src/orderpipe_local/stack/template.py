@@ -8,6 +8,7 @@ configuration that `sam deploy` would refuse is refused locally too.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -25,6 +26,10 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_REGION = "us-east-1"
 _PLACEHOLDER_CODE_URI = "s3://orderpipe-local/{}.zip"
 _LONG_FORM = re.compile(r"ParameterKey=(?P<key>[^,]+),ParameterValue=(?P<value>.*)", re.DOTALL)
+
+# Every transform warns "Feature 'deployment_preference_condition_fix' not available in Feature
+# Toggle Config": the translator asks its own default config for a feature that config lacks.
+logging.getLogger("samtranslator.feature_toggle").setLevel(logging.ERROR)
 
 
 class TemplateError(ValueError):
