@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from orderpipe.aws import clients
@@ -53,6 +53,18 @@ def test_marking_starts_no_request_once_none_fits_in_the_time_left(stack: Stack)
     assert len(result.marked) == 1
     assert sorted(result.failed) == sorted(set(ids) - set(result.marked))
     assert clients.orders_table().notified_order_ids(ids) == set(result.marked)
+
+
+def test_a_marking_retried_after_its_first_attempt_landed_counts_as_marked(stack: Stack) -> None:
+    # Given an order marked by a request whose answer was lost (a read timeout): botocore sends
+    # the same request again, and its condition fails on our own write
+    (order,) = placed_orders(1)
+    at = datetime(2026, 12, 4, 12, 0, 0, 123000, tzinfo=UTC)
+    assert clients.orders_table().mark_notified(order.order_id, at)
+
+    # Then the same request again is ours, marked; a marking at another moment is not
+    assert clients.orders_table().mark_notified(order.order_id, at)
+    assert not clients.orders_table().mark_notified(order.order_id, at + timedelta(milliseconds=1))
 
 
 def test_an_order_already_notified_is_reported_and_the_others_are_still_marked(stack: Stack) -> None:

@@ -142,12 +142,23 @@ class OrdersTable:
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def mark_notified(self, order_id: str, at: datetime | None = None) -> bool:
-        """PLACED -> NOTIFIED. False if the order was not PLACED (already notified, or absent)."""
+        """PLACED -> NOTIFIED. False if the order was not PLACED (already notified, or absent).
+
+        True too when the order already carries this very `notifiedAt`: an attempt that timed
+        out had been applied, and botocore's retry of it failed the condition on our own write.
+        """
+        at = at or datetime.now(UTC)
         try:
-            self.client.update_item(**self._notified_update(order_id, at or datetime.now(UTC)))
+            self.client.update_item(
+                **self._notified_update(order_id, at), ReturnValuesOnConditionCheckFailure="ALL_OLD"
+            )
         except ClientError as error:
             if _is_conditional_check_failure(error):
-                return False
+                item: Any = error.response.get("Item", {})
+                return bool(
+                    item.get("status", {}).get("S") == OrderStatus.NOTIFIED.value
+                    and item.get("notifiedAt", {}).get("S") == utc_timestamp(at)
+                )
             raise StorageError(f"could not mark order {order_id} notified") from error
         except BotoCoreError as error:
             raise StorageError(f"could not mark order {order_id} notified") from error
