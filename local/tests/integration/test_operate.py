@@ -298,6 +298,18 @@ def test_doctor_fails_a_dlq_with_messages_and_a_table_without_point_in_time_reco
     assert checks["NotifierDLQ"].status == "PASS"
 
 
+def test_doctor_warns_of_a_pending_replay_and_fails_nothing_for_it(local: OperatedStack) -> None:
+    # Given a failure record in the retry queue, which the replay function works off
+    send(local, "NotifierRetryQueue", ["{}"])
+
+    checks = {check.name: check for check in run_checks(local)}
+
+    assert checks["NotifierRetryQueue"].line() == (
+        "WARN  NotifierRetryQueue: 1 message(s) waiting for ReplayFunction's replay: see orderpipe dlq list"
+    )
+    assert not any(check.failed for check in checks.values())
+
+
 @pytest.fixture
 def deployed(tmp_path: Path) -> Iterator[tuple[OperatedStack, Template]]:
     """The template in moto in-process, with its alarms, as a deployed stack looks to the doctor."""

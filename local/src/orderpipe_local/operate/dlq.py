@@ -39,7 +39,12 @@ PEEK_NOTE = (
 MOVE_VISIBILITY_SECONDS = 60
 # What an endpoint without StartMessageMoveTask answers it: an SQS-compatible one these codes,
 # moto 5.2.5 (which does not implement it) a bare HTTP 500.
-_UNSUPPORTED_CODES = {"InvalidAction", "UnsupportedOperation", "NotImplemented"}
+_UNSUPPORTED_CODES = {
+    "InvalidAction",
+    "UnsupportedOperation",
+    "AWS.SimpleQueueService.UnsupportedOperation",
+    "NotImplemented",
+}
 _UNSUPPORTED_LOCALLY = {"500", "InternalFailure", "InternalError"}
 _FINISHED_TASK = {"COMPLETED", "CANCELLED", "FAILED"}
 
@@ -67,6 +72,7 @@ class FailureSource:
 class DeadLetterQueue:
     logical_id: str
     sources: tuple[FailureSource, ...]
+    consumer: str | None = None  # the function that works it off (a retry queue's replay), if any
 
     @property
     def holds_orders(self) -> bool:
@@ -167,7 +173,9 @@ def dead_letter_queues(
                 if target and resources.get(target, {}).get("Type") == "AWS::SQS::Queue":
                     function = _function_of(resources, properties.get("FunctionName"))
                     sources.setdefault(target, []).append(FailureSource("mapping", logical_id, function))
-    return [DeadLetterQueue(lid, tuple(sources[lid])) for lid in resources if lid in sources]
+    return [
+        DeadLetterQueue(lid, tuple(sources[lid]), consumers.get(lid)) for lid in resources if lid in sources
+    ]
 
 
 def orders_dlq(dlqs: list[DeadLetterQueue]) -> tuple[DeadLetterQueue, str]:

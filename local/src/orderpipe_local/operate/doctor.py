@@ -22,7 +22,7 @@ _DESCRIBE_ALARMS_LIMIT = 100
 
 @dataclass(frozen=True)
 class Check:
-    status: str  # PASS, FAIL or N/A
+    status: str  # PASS, FAIL, WARN (worth a look, fails nothing) or N/A
     name: str
     detail: str
 
@@ -137,8 +137,19 @@ def dlq_checks(stack: OperatedStack) -> list[Check]:
     checks = []
     for dlq in dead_letter_queues(stack.resources, stack):
         depth = queue_depth(sqs, stack.physical_id(dlq.logical_id))
-        detail = "empty" if not depth.total else f"{depth.total} message(s): see orderpipe dlq list"
-        checks.append(_passes(depth.total == 0, dlq.logical_id, detail))
+        if not depth.total:
+            checks.append(Check("PASS", dlq.logical_id, "empty"))
+        elif dlq.consumer:
+            # A retry queue: the pipeline is healing; its alarms watch a replay that falls behind.
+            checks.append(
+                Check(
+                    "WARN",
+                    dlq.logical_id,
+                    f"{depth.total} message(s) waiting for {dlq.consumer}'s replay: see orderpipe dlq list",
+                )
+            )
+        else:
+            checks.append(Check("FAIL", dlq.logical_id, f"{depth.total} message(s): see orderpipe dlq list"))
     return checks
 
 
