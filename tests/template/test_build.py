@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from orderpipe_local.stack.template import Template, load_template
 from orderpipe_local.testing import ROOT
@@ -108,19 +109,15 @@ def test_the_check_finds_a_runner_module_packed_by_mistake(tmp_path: Path) -> No
     ]
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pinned_versions(requirements: Path) -> dict[str, str]:
     pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", requirements.read_text(), re.MULTILINE)
-    return {canonical(name): version for name, version in pins}
+    return {canonicalize_name(name): version for name, version in pins}
 
 
 def built_versions(function_dir: Path) -> dict[str, str]:
     """Each distribution installed in a built function folder, by its dist-info's name."""
     names = (path.name.removesuffix(".dist-info").split("-", 1) for path in function_dir.glob("*.dist-info"))
-    return {canonical(name): version for name, version in names}
+    return {canonicalize_name(name): version for name, version in names}
 
 
 def test_the_functions_requirements_are_the_locks_pins(template: Template) -> None:

@@ -149,16 +149,13 @@ class OrdersTable:
         """
         at = at or datetime.now(UTC)
         try:
-            self.client.update_item(
-                **self._notified_update(order_id, at), ReturnValuesOnConditionCheckFailure="ALL_OLD"
-            )
+            self.client.update_item(**self._notified_update(order_id, at))
         except ClientError as error:
             if _is_conditional_check_failure(error):
-                item: Any = error.response.get("Item", {})
-                return bool(
-                    item.get("status", {}).get("S") == OrderStatus.NOTIFIED.value
-                    and item.get("notifiedAt", {}).get("S") == utc_timestamp(at)
-                )
+                old_item: dict[str, Any] = error.response.get("Item", {})  # type: ignore[assignment]
+                old = from_attribute_values(old_item)
+                ours = {"status": OrderStatus.NOTIFIED.value, "notifiedAt": utc_timestamp(at)}
+                return all(old.get(name) == value for name, value in ours.items())
             raise StorageError(f"could not mark order {order_id} notified") from error
         except BotoCoreError as error:
             raise StorageError(f"could not mark order {order_id} notified") from error
@@ -206,6 +203,7 @@ class OrdersTable:
             "Key": {"orderId": {"S": order_id}},
             "UpdateExpression": "SET #status = :notified, notifiedAt = :at",
             "ConditionExpression": "#status = :placed",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",  # to tell our own resent write apart
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {
                 ":notified": {"S": OrderStatus.NOTIFIED.value},
